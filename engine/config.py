@@ -1,0 +1,213 @@
+"""Denoiser configuration: one frozen dataclass, named presets, and a stable hash.
+
+The field values of the `hallo3` preset are the released model's (see
+`shared/research/hallo-model-spec.md` sections 2-4). Variants are made with
+`dataclasses.replace`, never by mutating a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Shape and numerics of a CogVideoX-style expert DiT with Hallo3's conditioning modules."""
+
+    name: str = "custom"
+    """Human-readable name (a preset name, or where the config came from). Part of the hash."""
+
+    num_layers: int = 42
+    """Number of transformer blocks."""
+
+    num_heads: int = 48
+    """Attention heads in self-attention and in the face/audio cross-attention."""
+
+    head_dim: int = 64
+    """Channels per head. Must be divisible by 8: 3D RoPE splits it t/h/w = 1/4, 3/8, 3/8."""
+
+    mlp_dim: int = 12288
+    """Inner width of the tanh-GELU MLP."""
+
+    time_embed_dim: int = 512
+    """Width of the timestep embedding that drives every adaLN modulation."""
+
+    text_dim: int = 4096
+    """Width of the raw text-encoder outputs (T5-XXL: 4096), projected inside the model."""
+
+    text_len: int = 226
+    """Number of text tokens the learned positional embedding was trained with."""
+
+    patch_size: int = 2
+    """Spatial patch size (no temporal patching in CogVideoX 1.0)."""
+
+    in_channels: int = 32
+    """Input latent channels: 16 noisy + 16 conditioning (I2V channel concat)."""
+
+    out_channels: int = 16
+    """Output latent channels (the v-prediction)."""
+
+    latent_frames: int = 13
+    """Latent frames of one clip (49 video frames at 4x temporal compression)."""
+
+    latent_height: int = 60
+    """Latent height of one clip (480 px / 8)."""
+
+    latent_width: int = 90
+    """Latent width of one clip (720 px / 8)."""
+
+    learned_pos_embed: bool = True
+    """Learned absolute positional embedding over text + video tokens (the I2V variant)."""
+
+    rope_theta: float = 10000.0
+    """RoPE base frequency."""
+
+    norm_eps: float = 1e-5
+    """Epsilon of the block LayerNorms (input, post-attention, face/audio pre-norms) and the final LayerNorm.
+    SAT: its layer factory passes `layernorm_epsilon` (default 1e-5), which overrides the partial's 1e-6."""
+
+    qk_norm_eps: float = 1e-6
+    """Epsilon of the per-head QK-LayerNorms (SAT and diffusers both use 1e-6)."""
+
+    out_norm_eps: float = 1e-6
+    """Epsilon of the final layer's modulated LayerNorm. SAT: 1e-6; diffusers: its `norm_eps` (1e-5)."""
+
+    face_cross_attention: bool = True
+    """Hallo3's per-latent-frame face cross-attention (and the face projection)."""
+
+    face_embed_dim: int = 512
+    """Raw face embedding width (ArcFace: 512)."""
+
+    face_tokens: int = 4
+    """Face tokens produced by the face projection."""
+
+    face_token_dim: int = 1024
+    """Width of each face token (the cross-attention key/value input width)."""
+
+    audio_cross_attention: bool = True
+    """Hallo3's per-latent-frame audio cross-attention (and the audio projection)."""
+
+    audio_window: int = 5
+    """Audio feature frames stacked per video frame (+-2)."""
+
+    audio_layers: int = 12
+    """Audio-encoder hidden states stacked per frame (wav2vec2-base: 12)."""
+
+    audio_dim: int = 768
+    """Width of each audio-encoder hidden state."""
+
+    audio_hidden_dim: int = 512
+    """Width of the audio projection MLP."""
+
+    audio_tokens: int = 32
+    """Audio tokens per latent frame after the projection."""
+
+    audio_token_dim: int = 768
+    """Width of each audio token (the cross-attention key/value input width)."""
+
+    proj_norm_eps: float = 1e-5
+    """Epsilon of the LayerNorms closing the face and audio projections (torch default in the reference)."""
+
+    extra: tuple[tuple[str, Any], ...] = field(default=())
+    """Free-form provenance (e.g. the source format); part of the hash, never read by the model."""
+
+    def __post_init__(self) -> None:
+        if self.head_dim % 8 != 0:
+            raise ValueError(f"head_dim must be divisible by 8 for the 3D RoPE split, got {self.head_dim}")
+        for name in ("num_layers", "num_heads", "mlp_dim", "time_embed_dim", "text_dim", "patch_size",
+                     "in_channels", "out_channels", "latent_frames", "latent_height", "latent_width"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.text_len < 0:
+            raise ValueError(f"text_len must be >= 0, got {self.text_len}")
+        if self.latent_height % self.patch_size or self.latent_width % self.patch_size:
+            raise ValueError(
+                f"latent size {self.latent_height}x{self.latent_width} is not divisible by patch_size {self.patch_size}"
+            )
+
+    @property
+    def hidden_dim(self) -> int:
+        """Model width: heads x head_dim."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def rope_dims(self) -> tuple[int, int, int]:
+        """Channels of each head given to the t, h, w rotary axes (64 -> 16, 24, 24)."""
+        return self.head_dim // 4, self.head_dim // 8 * 3, self.head_dim // 8 * 3
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Video tokens per latent frame after patching."""
+        return (self.latent_height // self.patch_size) * (self.latent_width // self.patch_size)
+
+    @property
+    def video_frames(self) -> int:
+        """Video frames of one clip: (latent_frames - 1) * 4 + 1."""
+        return (self.latent_frames - 1) * 4 + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["extra"] = [list(item) for item in self.extra]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DiTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown DiTConfig fields: {unknown}")
+        data = dict(data)
+        if "extra" in data:
+            data["extra"] = tuple(tuple(item) for item in data["extra"])
+        return cls(**data)
+
+    def compute_hash(self) -> str:
+        """SHA-256 of the canonical JSON of every field; keys caches of exported and built artifacts."""
+        payload = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+HALLO3 = DiTConfig(name="hallo3")
+"""The released Hallo3 denoiser: CogVideoX-5B-I2V + face and audio cross-attention, 480x720, 13 latent frames."""
+
+COGVIDEOX_5B_I2V = dataclasses.replace(
+    HALLO3, name="cogvideox-5b-i2v", face_cross_attention=False, audio_cross_attention=False
+)
+"""The plain CogVideoX-5B-I2V backbone (also the reference network's architecture)."""
+
+TINY = DiTConfig(
+    name="tiny",
+    num_layers=2,
+    num_heads=2,
+    head_dim=32,
+    mlp_dim=256,
+    time_embed_dim=64,
+    text_dim=64,
+    text_len=16,
+    latent_frames=13,
+    latent_height=16,  # 128 px
+    latent_width=16,
+    face_tokens=4,
+    face_token_dim=64,
+    audio_window=5,
+    audio_layers=4,
+    audio_dim=32,
+    audio_hidden_dim=64,
+    audio_tokens=4,
+    audio_token_dim=64,
+)
+"""Same topology as `hallo3`, sized for a 2-core CPU: 128x128 px, 64 tokens per latent frame."""
+
+PRESETS: dict[str, DiTConfig] = {c.name: c for c in (HALLO3, COGVIDEOX_5B_I2V, TINY)}
+
+
+def get_preset(name: str) -> DiTConfig:
+    """Look a preset up by name; the error lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None

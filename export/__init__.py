@@ -1,0 +1,1 @@
+"""Graph descriptors, ONNX export and TensorRT builds (arrives with the export issue)."""

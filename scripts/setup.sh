@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv and install hallo-rt into it. Usage: bash scripts/setup.sh [EXTRAS]   (e.g. "dev")
+# torch is pinned to 2.13.0 and installed first: on our CPU machines that is the local CPU wheel, and an
+# unpinned torch would pull gigabytes of CUDA packages. Any failed step stops the script (set -e).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+.venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 'torch ' + torch.__version__ + ' is not 2.13.0')"
+spec="."
+[ -n "$extras" ] && spec=".[$extras]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
+.venv/bin/python -c "import hallo_rt.engine" && echo "setup: .venv ready (extras: ${extras:-none})"

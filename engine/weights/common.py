@@ -71,12 +71,12 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
+    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
     mismatched = sorted(
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {expected[k]}"
-        for k in set(expected) & set(state)
+        for k in (set(expected) & set(state)) - set(not_tensors)
         if tuple(state[k].shape) != expected[k]
     )
-    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
     if missing or unexpected or mismatched or not_tensors:
         lines = [f"{source} does not match the model ({type(model).__name__}):"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected),

@@ -130,7 +130,8 @@ class GuidedDenoiser:
                 cond.concat_latent, cond.text_embeds, cond.audio, cond.face, cond.ref_bank)
             return
         self.concat = torch.cat([cond.concat_latent] * 2)
-        self.text = torch.cat([torch.zeros_like(cond.text_embeds), cond.text_embeds.expand(B, -1, -1)])
+        text = cond.text_embeds.expand(B, -1, -1)
+        self.text = torch.cat([torch.zeros_like(text), text])
         self.audio = None
         if cond.audio is not None:
             audio = cond.audio.expand(B, *cond.audio.shape[1:])

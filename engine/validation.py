@@ -32,13 +32,14 @@ def _batch(name: str, x: torch.Tensor, batch: int) -> torch.Tensor:
     if x.shape[0] == batch:
         return x
     if x.shape[0] == 1:
-        return x.expand(batch, *x.shape[1:])
+        # Materialised: a stride-0 batch takes another GEMM path and rounds differently from B real copies.
+        return x.expand(batch, *x.shape[1:]).contiguous()
     raise InputError(f"{name} has batch {x.shape[0]}, expected {batch} (or 1 to broadcast)")
 
 
 def check_dit_inputs(model: "HalloDiT", latents, timestep, text_embeds, audio, face, ref_bank):
-    """Validate the denoiser inputs; returns (timestep (B,), text_embeds, audio, face), broadcast to the batch
-    and with a missing audio or face filled with zeros."""
+    """Validate the denoiser inputs; returns (timestep (B,), text_embeds, audio, face), batch-1 inputs
+    repeated to the batch and a missing audio or face filled with zeros."""
     cfg = model.config
     dtype = model.dtype
     device = model.patch_embed.proj.weight.device
@@ -80,7 +81,8 @@ def check_dit_inputs(model: "HalloDiT", latents, timestep, text_embeds, audio, f
 
     if cfg.audio_cross_attention:
         if audio is None:
-            audio = torch.zeros(B, 4 * Fr - 3, cfg.audio_window, cfg.audio_layers, cfg.audio_dim, dtype=dtype, device=device)
+            shape = (B, 4 * Fr - 3, cfg.audio_window, cfg.audio_layers, cfg.audio_dim)
+            audio = torch.zeros(shape, dtype=dtype, device=device)
         audio = _check_tensor("audio", audio, 5, dtype, device)
         expected = (cfg.audio_window, cfg.audio_layers, cfg.audio_dim)
         if tuple(audio.shape[2:]) != expected:

@@ -221,15 +221,9 @@ def _single_and_repeated(inputs, name):
     return single, single.repeat(B, *([1] * (single.ndim - 1)))
 
 
-_AUDIO_NOT_EXACT = pytest.mark.xfail(
-    strict=True,
-    reason="production: batch-1 audio is expanded (stride 0) *before* AudioProjection, so proj1 runs as a "
-    "stride-0 batched GEMM whose rounding differs from the repeated input's (about 1e-6); see report",
-)
-
-
-@pytest.mark.parametrize("name", ["text_embeds", "face", "ref_bank", pytest.param("audio", marks=_AUDIO_NOT_EXACT)])
+@pytest.mark.parametrize("name", ["text_embeds", "face", "ref_bank", "audio"])
 def test_batch_one_broadcast_equals_repeated(dit, name):
+    """Bit-exact: a batch-1 condition behaves like B explicit copies (the brief's contract)."""
     inputs = _inputs(dit.config)
     single, repeated = _single_and_repeated(inputs, name)
     a = _call(dit, **{**inputs, name: single})

@@ -463,6 +463,21 @@ def test_guided_denoiser_direct_call(tiny):
     assert den.snap(alpha) == pytest.approx(table[np.abs(table - alpha).argmin()], abs=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1.0, 3.5])
+def test_tiny_batch_one_text_broadcast(tiny, scale):
+    """Text embeddings with batch 1 (one prompt for the whole batch) sample like the repeated prompt.
+
+    Under CFG the unconditional text must be zeros of the *broadcast* batch (the committed GuidedDenoiser
+    built cat([zeros_like(text) (batch 1), text.expand(B)]) = 1 + B rows and raised InputError)."""
+    dit, cond = tiny
+    one = dataclasses.replace(cond, text_embeds=cond.text_embeds[:1])
+    rep = dataclasses.replace(cond, text_embeds=cond.text_embeds[:1].repeat(B, 1, 1))
+    cfg = SamplerConfig(steps=2, cfg_scale=scale)
+    a = sample(dit, one, cfg, generator=torch.Generator().manual_seed(0))
+    b = sample(dit, rep, cfg, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 4. SamplerConfig validation and hashing
 # ---------------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -161,9 +160,10 @@ def test_malicious_pickle_is_refused_without_running_code(tmp_path):
 
 
 def test_corrupt_and_truncated_files(checkpoints, tmp_path):
-    (tmp_path / "noise.pt").write_bytes(os.urandom(4096))
-    with pytest.raises(WeightsError, match="not a readable torch checkpoint|refused"):
-        load_dit(tmp_path / "noise.pt")
+    for seed in range(20):  # arbitrary bytes fail in arbitrary places inside the unpickler
+        (tmp_path / "noise.pt").write_bytes(np.random.default_rng(seed).bytes(4096))
+        with pytest.raises(WeightsError, match="not a readable torch checkpoint|refused"):
+            load_dit(tmp_path / "noise.pt")
     good = (checkpoints.sat_plain_dir / "1" / "mp_rank_00_model_states.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])
     with pytest.raises(WeightsError, match="not a readable torch checkpoint"):

@@ -132,12 +132,10 @@ class GuidedDenoiser:
         self.concat = torch.cat([cond.concat_latent] * 2)
         text = cond.text_embeds.expand(B, -1, -1)
         self.text = torch.cat([torch.zeros_like(text), text])
-        self.audio = None
+        self.audio = None  # no audio: both branches get the model's zero features
         if cond.audio is not None:
             audio = cond.audio.expand(B, *cond.audio.shape[1:])
             self.audio = torch.cat([torch.zeros_like(audio), audio])
-        elif dit.config.audio_cross_attention:
-            self.audio = None  # both branches silent: the model fills zeros
         self.face = torch.cat([cond.face.expand(B, -1)] * 2) if cond.face is not None else None
         bank = cond.ref_bank
         self.bank = bank if bank is None or bank.shape[1] == 1 else torch.cat([bank, bank], dim=1)

@@ -152,10 +152,11 @@ class DiTBlock(nn.Module):
         face_tokens: torch.Tensor | None,  # (B, 1, M, Dc)
         audio_tokens: torch.Tensor | None,  # (B, F, M, Dc)
         bank: torch.Tensor | None,  # (B, N_ref, D)
+        prepared: tuple | None = None,  # attention_input(text, video, emb), when the caller already has it
     ) -> tuple[torch.Tensor, torch.Tensor]:
         L = text.shape[1]
         # 1. Joint self-attention, gated residual with separate text/video gates.
-        text_in, video_in, mods = self.attention_input(text, video, emb)
+        text_in, video_in, mods = prepared or self.attention_input(text, video, emb)
         (_, _, gate_msa, shift_mlp, scale_mlp, gate_mlp, _, _, text_gate_msa,
          text_shift_mlp, text_scale_mlp, text_gate_mlp) = mods
         attn = self.attn(torch.cat([text_in, video_in], dim=1), L, rope, bank)  # (B, L+S, D)
@@ -231,6 +232,14 @@ class HalloDiT(nn.Module):
             text, video = text + pos[:, :L], video + pos[:, L:]
         return text, video
 
+    def prepare(self, latents: torch.Tensor, timestep: torch.Tensor, text_embeds: torch.Tensor):
+        """Validated inputs -> (timestep embedding (B, T), text (B, L, D), video (B, F*N, D), RoPE tables)."""
+        emb = self.time_embed(timestep_sinusoid(timestep, self.config.hidden_dim).to(latents.dtype))
+        text, video = self.embed(latents, text_embeds)
+        p = self.config.patch_size
+        rope = self.rope(latents.shape[1], latents.shape[3] // p, latents.shape[4] // p, latents.device)
+        return emb, text, video, rope
+
     def forward(
         self,
         latents: torch.Tensor,
@@ -258,11 +267,8 @@ class HalloDiT(nn.Module):
         B, Fr, _, H, W = latents.shape
         p = cfg.patch_size
         h, w = H // p, W // p
-        # 1. Timestep embedding (sinusoid in fp32, then the model dtype).
-        emb = self.time_embed(timestep_sinusoid(timestep, cfg.hidden_dim).to(latents.dtype))  # (B, T)
-        # 2. Tokens.
-        text, video = self.embed(latents, text_embeds)  # (B, L, D), (B, F*h*w, D)
-        rope = self.rope(Fr, h, w, latents.device)
+        # 1-2. Timestep embedding and tokens.
+        emb, text, video, rope = self.prepare(latents, timestep, text_embeds)
         rope_frame0 = (rope[0][: h * w], rope[1][: h * w])
         # 3. Condition tokens, computed once for every layer.
         face_tokens = self.face_proj(face)[:, None] if self.face_proj is not None else None  # (B, 1, M, Dc)

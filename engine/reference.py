@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import DiTConfig
-from .dit import HalloDiT, timestep_sinusoid
+from .dit import HalloDiT
 from .validation import check_dit_inputs
 
 
@@ -55,15 +55,11 @@ class ReferenceNet(nn.Module):
         latents = torch.cat([ref_latent, ref_latent], dim=2)
         timestep = torch.zeros(B, device=ref_latent.device)
         timestep, text_embeds, _, _ = check_dit_inputs(net, latents, timestep, text_embeds, None, None, None)
-        Fr, H, W = latents.shape[1], latents.shape[3], latents.shape[4]
-        p = cfg.patch_size
-        emb = net.time_embed(timestep_sinusoid(timestep, cfg.hidden_dim).to(latents.dtype))
-        text, video = net.embed(latents, text_embeds)
-        rope = net.rope(Fr, H // p, W // p, latents.device)
+        emb, text, video, rope = net.prepare(latents, timestep, text_embeds)
         banks = []
         for i, block in enumerate(net.blocks):
-            _, video_in, _ = block.attention_input(text, video, emb)
-            banks.append(video_in)
+            prepared = block.attention_input(text, video, emb)
+            banks.append(prepared[1])  # the modulated LN1 image tokens
             if i + 1 < len(net.blocks):
-                text, video = block(text, video, emb, Fr, rope, None, None, None, None)
+                text, video = block(text, video, emb, latents.shape[1], rope, None, None, None, None, prepared)
         return torch.stack(banks)

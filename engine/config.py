@@ -1,7 +1,7 @@
-"""Denoiser configuration: one frozen dataclass, named presets, and a stable hash.
+"""Model configurations: frozen dataclasses (denoiser, VAE), named presets, and stable hashes.
 
-The field values of the `hallo3` preset are the released model's (see
-`shared/research/hallo-model-spec.md` sections 2-4). Variants are made with
+The field values of the `hallo3` presets are the released model's (see
+`shared/research/hallo-model-spec.md` sections 2-4 and 6). Variants are made with
 `dataclasses.replace`, never by mutating a config.
 """
 
@@ -211,3 +211,110 @@ def get_preset(name: str) -> DiTConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+
+
+def _config_to_dict(config) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    """Shape and numerics of the CogVideoX 3D causal VAE (SAT `vae_modules/cp_enc_dec.py`)."""
+
+    name: str = "custom"
+    """Human-readable name (a preset name, or where the config came from). Part of the hash."""
+
+    image_channels: int = 3
+    """Pixel channels in and out (RGB)."""
+
+    latent_channels: int = 16
+    """Latent channels (the encoder emits twice as many: posterior mean and log-variance)."""
+
+    base_channels: int = 128
+    """Channels of the first encoder level (`ch` in SAT)."""
+
+    channel_multipliers: tuple[int, ...] = (1, 2, 2, 4)
+    """Per-level width multipliers (`ch_mult`): 128, 256, 256, 512. One level = one 2x spatial step."""
+
+    num_res_blocks: int = 3
+    """Residual blocks per encoder level; the decoder has one more per level (SAT and diffusers alike)."""
+
+    norm_groups: int = 32
+    """GroupNorm groups. SAT hard-codes 32; the decoder's norms take statistics over all frames decoded
+    together, which is why the decode grouping is part of the model's output."""
+
+    norm_eps: float = 1e-6
+    """Epsilon of every GroupNorm."""
+
+    temporal_compression: int = 4
+    """Temporal compression (a power of two): the first log2 levels also halve time, keeping frame 0."""
+
+    scaling_factor: float = 0.7
+    """Latents given to the denoiser are `encode(x) * scaling_factor`; decode takes `z / scaling_factor`.
+    0.7 is CogVideoX-5B's value (`configs/cogvideox_5b_i2v_s2.yaml` L2; diffusers' vae/config.json)."""
+
+    def __post_init__(self) -> None:
+        if not self.channel_multipliers:
+            raise ValueError("channel_multipliers must not be empty")
+        levels = len(self.channel_multipliers) - 1
+        compression = self.temporal_compression
+        if compression < 1 or compression & (compression - 1) or compression.bit_length() - 1 > levels:
+            raise ValueError(f"temporal_compression must be a power of two <= 2**{levels}, got {compression}")
+        for width in self.block_channels:
+            if width % self.norm_groups:
+                raise ValueError(f"channel width {width} is not divisible by norm_groups {self.norm_groups}")
+
+    @property
+    def block_channels(self) -> tuple[int, ...]:
+        """Channel width of each encoder level (the decoder walks them in reverse)."""
+        return tuple(self.base_channels * m for m in self.channel_multipliers)
+
+    @property
+    def spatial_compression(self) -> int:
+        """Pixels per latent along height and width (8 for four levels)."""
+        return 2 ** (len(self.channel_multipliers) - 1)
+
+    @property
+    def temporal_levels(self) -> int:
+        """How many levels also compress time (log2 of temporal_compression)."""
+        return self.temporal_compression.bit_length() - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return _config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VaeConfig":
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown VaeConfig fields: {unknown}")
+        data = dict(data)
+        if "channel_multipliers" in data:
+            data["channel_multipliers"] = tuple(data["channel_multipliers"])
+        return cls(**data)
+
+    def compute_hash(self) -> str:
+        """SHA-256 of the canonical JSON of every field."""
+        payload = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+VAE_HALLO3 = VaeConfig(name="hallo3")
+"""The CogVideoX-5B(-I2V) VAE that Hallo3 uses (`cogvideox-5b-i2v-sat/vae/3d-vae.pt`)."""
+
+VAE_TINY = VaeConfig(name="tiny", base_channels=24, num_res_blocks=1, norm_groups=8)
+"""Same topology (four levels, two of them temporal, spatial norms, causal convs), sized for a 2-core CPU:
+widths 24, 48, 48, 96 and one residual block per encoder level (two per decoder level). Not 16: PyTorch's
+CPU convolution picks oneDNN only when B*C*T*H > 20480, and at 16 channels the 128-px levels of a
+two-latent-frame group sit exactly on that line and fall back to `slow_conv3d`, which made decoding
+slower (5.6 s per clip) than at 24 channels (3.1 s)."""
+
+VAE_PRESETS: dict[str, VaeConfig] = {c.name: c for c in (VAE_HALLO3, VAE_TINY)}
+
+
+def get_vae_preset(name: str) -> VaeConfig:
+    """Look a VAE preset up by name; the error lists the known ones."""
+    try:
+        return VAE_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown VAE preset {name!r}; known presets: {', '.join(sorted(VAE_PRESETS))}") from None

@@ -24,10 +24,12 @@ import torch
 from ..config import PRESETS, DiTConfig, get_preset
 from ..dit import HalloDiT
 from ..reference import ReferenceNet, reference_config
-from . import diffusers_format, sat
+from ..vae import CogVideoXVae
+from . import diffusers_format, sat, vae_format
 from .common import WeightsError, assign_state_dict, load_safetensors, seeded_init_
 
-__all__ = ["WeightsError", "load_dit", "load_reference_net", "save_engine_format", "convert", "detect_format"]
+__all__ = ["WeightsError", "load_dit", "load_reference_net", "load_vae", "save_engine_format", "convert",
+           "detect_format"]
 
 ENGINE_MANIFEST = "hallo_rt.json"
 ENGINE_FORMAT_VERSION = 1
@@ -156,6 +158,9 @@ def load_reference_net(
     return assign_state_dict(lambda: ReferenceNet(cfg), state, source, dtype, device)
 
 
+load_vae = vae_format.load_vae
+
+
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
     """SHA-256 over names, dtypes, shapes and bytes, in key order; keys artifact caches."""
     digest = hashlib.sha256()
@@ -167,9 +172,10 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def save_engine_format(
-    out: str | Path, dit: HalloDiT, reference: ReferenceNet | None = None, source: str = ""
+    out: str | Path, dit: HalloDiT, reference: ReferenceNet | None = None, source: str = "",
+    vae: "CogVideoXVae | None" = None,
 ) -> Path:
-    """Write a hallo-rt folder: hallo_rt.json + dit.safetensors (+ reference_net.safetensors)."""
+    """Write a hallo-rt folder: hallo_rt.json + dit.safetensors (+ reference_net.safetensors, vae.safetensors)."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -183,6 +189,11 @@ def save_engine_format(
         save_file(ref_state, str(out / "reference_net.safetensors"))
         manifest["reference_net"] = reference.config.to_dict()
         manifest["reference_net_digest"] = weights_digest(ref_state)
+    if vae is not None:
+        vae_state = {k: v.contiguous() for k, v in vae.state_dict().items()}
+        save_file(vae_state, str(out / vae_format.ENGINE_FILE))
+        manifest["vae"] = vae.config.to_dict()
+        manifest["vae_digest"] = weights_digest(vae_state)
     (out / ENGINE_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out
 

@@ -1,11 +1,9 @@
 """`hallo-rt` command line.
 
-    hallo-rt denoise [--model tiny] [--steps 50] [--cfg 3.5] ...   one clip of denoising, with timings
-    hallo-rt convert SRC --out DST [--dtype ...]                     SAT / diffusers -> hallo-rt format
-    hallo-rt info MODEL                                              config, hash and parameter counts
-
-Until the offline pipeline lands, `denoise` is the main job: it runs the reference network and a whole
-sampling loop for one clip on synthetic conditioning (random text/audio/face features) and prints timings.
+    hallo-rt generate --image IMG --audio AUDIO --out OUT.mp4 [...]  a talking-head video, offline
+    hallo-rt denoise [--model tiny] [--steps 50] [--cfg 3.5] ...     one clip of denoising, with timings
+    hallo-rt convert SRC --out DST [--dtype ...]                       SAT / diffusers -> hallo-rt format
+    hallo-rt info MODEL                                                config, hash and parameter counts
 """
 
 from __future__ import annotations
@@ -19,14 +17,9 @@ import torch
 
 
 def _device(name: str) -> torch.device:
-    available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    kind = name.split(":")[0]
-    if kind not in available:
-        raise ValueError(
-            f"device {name!r} is not available on this machine "
-            f"(torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}); available: {', '.join(available)}"
-        )
-    return torch.device(name)
+    from .devices import resolve_device
+
+    return resolve_device(name)
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +93,12 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     return 0 if summary["finite"] else 1
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import run_generate
+
+    return run_generate(args)
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from hallo_rt.engine import convert
 
@@ -126,6 +125,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hallo-rt", description="Real-time talking-head video diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="make a talking-head MP4 from a portrait and speech")
+    p.add_argument("--image", required=True, help="reference portrait (any image Pillow reads)")
+    p.add_argument("--audio", required=True, help="speech (any container/codec PyAV reads)")
+    p.add_argument("--out", required=True, help="output .mp4 (H.264 25 fps + AAC of the original audio)")
+    _add_model_args(p)
+    p.add_argument("--vae", default=None, help="VAE checkpoint (default: found beside --model, or its preset)")
+    p.add_argument("--audio-encoder", default=None, help="wav2vec2 folder (default: found beside --model)")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50, the reference)")
+    p.add_argument("--cfg", type=float, default=3.5, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--sampler", default="dpmpp2m_sde", choices=["dpmpp2m_sde", "ddim"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--face-embedding", default=None, help="precomputed 512-d face embedding (.npy/.safetensors)")
+    p.add_argument("--face-models", default="pretrained_models/face_analysis",
+                   help="InsightFace model root, used when installed and no --face-embedding is given")
+    p.add_argument("--face-mask", default=None, help="face-region mask image (white = face), image-sized")
+    p.add_argument("--face-box", default=None, help="face region x0,y0,x1,y1 in image pixels")
+    p.add_argument("--text-embeddings", default=None, help="T5 embeddings of the prompt (.safetensors/.npy)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or warnings")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("denoise", help="denoise one clip on synthetic conditioning and print timings")
     _add_model_args(p)

@@ -163,7 +163,8 @@ class Hallo3Pipeline:
             step_progress = (lambda step, steps, c=clip: progress(c, clips, step, steps)) if progress else False
             latents = sample(self.dit, cond, sampler, generator=generator, progress=step_progress)
             # 3. decode with the reference grouping; frames to [0, 1] as the reference does before reuse
-            pixels = self.vae.decode(latents.permute(0, 2, 1, 3, 4) / self.vae.config.scaling_factor)
+            # multiply by the reciprocal, as the reference does (x / s and x * (1 / s) round differently)
+            pixels = self.vae.decode(latents.permute(0, 2, 1, 3, 4) * (1.0 / self.vae.config.scaling_factor))
             pixels = ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0)  # (1, 3, T, H, W)
             # 4. the last frames condition the next clip
             if clip + 1 < clips:

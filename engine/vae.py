@@ -127,7 +127,8 @@ class Downsample3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.compress_time and x.shape[2] > 1:
             first, rest = (x[:, :, :1], x[:, :, 1:]) if x.shape[2] % 2 == 1 else (x[:, :, :0], x)
-            x = torch.cat([first, F.avg_pool3d(rest, kernel_size=(2, 1, 1))], dim=2)
+            # the mean of each frame pair (avg_pool's arithmetic; CPU avg_pool3d has no fp16/bf16 kernel)
+            x = torch.cat([first, (rest[:, :, 0::2] + rest[:, :, 1::2]) / 2], dim=2)
         return _per_frame(self.conv, F.pad(x, (0, 1, 0, 1)))  # pad right/bottom only: torch has no asymmetric pad
 
 

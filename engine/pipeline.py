@@ -218,15 +218,15 @@ def load_pipeline(
         vae_source, audio_source = vae or model, audio_encoder or model
     else:
         root = Path(model)
-        release = root.parent if root.is_dir() else root.parent.parent
-        vae_source = _find_component(root, vae, [root / "vae.safetensors", root / "vae",
-                                                 release / "cogvideox-5b-i2v-sat" / "vae" / "3d-vae.pt"],
-                                     "VAE", "--vae")
+        folder = root if root.is_dir() else root.parent
+        # the release folder holding hallo3/: the model may be hallo3/, hallo3/<iteration>/ or the .pt file
+        releases = [folder.parent, folder.parent.parent]
+        vae_source = _find_component(root, vae, [folder / "vae.safetensors", folder / "vae"] + [
+            r / "cogvideox-5b-i2v-sat" / "vae" / "3d-vae.pt" for r in releases], "VAE", "--vae")
         if Path(vae_source).name == "vae.safetensors":
-            vae_source = root
-        audio_source = _find_component(root, audio_encoder, [root / "wav2vec2",
-                                                             release / "wav2vec" / "wav2vec2-base-960h"],
-                                       "audio encoder (wav2vec2)", "--audio-encoder")
+            vae_source = folder
+        audio_source = _find_component(root, audio_encoder, [folder / "wav2vec2"] + [
+            r / "wav2vec" / "wav2vec2-base-960h" for r in releases], "audio encoder (wav2vec2)", "--audio-encoder")
     dit = load_dit(model, dtype=dtype, device=device)
     reference_net = load_reference_net(model, dtype=dtype, device=device)
     vae_model = load_vae(vae_source, dtype=dtype, device=device)

@@ -33,7 +33,9 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     from hallo_rt.engine.sampling import Conditioning, SamplerConfig, sample
 
     device = _device(args.device)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
     sampler = SamplerConfig(kind=args.sampler, steps=args.steps, cfg_scale=args.cfg)
     t0 = time.perf_counter()

@@ -76,7 +76,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     device = resolve_device(args.device)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
     sampler = SamplerConfig(kind=args.sampler, steps=args.steps, cfg_scale=args.cfg)  # bad values fail here
     if device.type == "cpu" and args.dtype == "fp16":

@@ -28,9 +28,13 @@ def _load_array(path: str | Path, what: str) -> np.ndarray:
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False)
         if path.suffix == ".safetensors":
+            from safetensors import SafetensorError
             from safetensors.numpy import load_file
 
-            tensors = load_file(str(path))
+            try:
+                tensors = load_file(str(path))
+            except SafetensorError as err:
+                raise InputError(f"{path}: cannot read {what}: not a readable safetensors file ({err})") from None
             if len(tensors) != 1:
                 raise InputError(f"{path}: expected exactly one tensor, found {sorted(tensors)}")
             return next(iter(tensors.values()))
@@ -53,7 +57,7 @@ def _finite(array: np.ndarray, path: str | Path, what: str) -> torch.Tensor:
 def load_face_embedding(path: str | Path, dim: int = 512) -> torch.Tensor:
     """A precomputed face embedding (`dim`,) or (1, `dim`) from .npy/.safetensors."""
     array = _load_array(path, "face embedding")
-    if array.size != dim or array.ndim > 2:
+    if array.shape not in ((dim,), (1, dim)):
         raise InputError(f"{path}: face embedding must have shape ({dim},) or (1, {dim}), got {array.shape}")
     return _finite(array, path, "face embedding").reshape(dim)
 

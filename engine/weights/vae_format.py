@@ -71,10 +71,14 @@ def infer_sat_config(state: dict[str, torch.Tensor], name: str) -> VaeConfig:
     base = stem.shape[0]
     if any(w % base for w in widths):
         raise WeightsError(f"{name}: level widths {widths} are not multiples of the stem width {base}")
-    return dataclasses.replace(
-        VAE_HALLO3, name=name, image_channels=stem.shape[1], latent_channels=latent, base_channels=base,
-        channel_multipliers=tuple(w // base for w in widths), num_res_blocks=blocks,
-    )
+    try:
+        return dataclasses.replace(
+            VAE_HALLO3, name=name, image_channels=stem.shape[1], latent_channels=latent, base_channels=base,
+            channel_multipliers=tuple(w // base for w in widths), num_res_blocks=blocks,
+        )
+    except ValueError as err:
+        raise WeightsError(f"{name}: cannot infer a config with SAT's fixed {VAE_HALLO3.norm_groups} norm groups "
+                           f"({err}); pass config=VaeConfig(...) with this VAE's norm_groups") from None
 
 
 def _sat_file(path: Path) -> Path:
@@ -153,6 +157,10 @@ def _engine_manifest(path: Path) -> dict | None:
     manifest = path / "hallo_rt.json"
     if path.is_dir() and manifest.is_file():
         data = json.loads(manifest.read_text())
+        from . import ENGINE_FORMAT_VERSION
+
+        if data.get("format_version") != ENGINE_FORMAT_VERSION:
+            raise WeightsError(f"{path}: format_version {data.get('format_version')} is not {ENGINE_FORMAT_VERSION}")
         if "vae" in data:
             return data
         raise WeightsError(f"{path}: this hallo-rt folder has no VAE (save it with save_engine_format(..., vae=))")

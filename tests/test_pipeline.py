@@ -231,3 +231,54 @@ def test_motion_config_validation():
         MotionConfig(mask_rate=1.0)
     with pytest.raises(ValueError, match="motion_frames"):
         MotionConfig(motion_frames=0)
+
+
+# --- finding the release's components --------------------------------------------------------------------
+
+def _release_layout(root):
+    """pretrained_models/{hallo3, cogvideox-5b-i2v-sat/vae/3d-vae.pt, wav2vec/wav2vec2-base-960h} from small
+    models, in the release's formats (hallo-rt folder for the denoiser, SAT pickle, Hugging Face folder)."""
+    import transformers
+    from vae_checkpoints import engine_to_sat_vae_keys, write_sat_vae
+
+    from hallo_rt.engine import save_engine_format
+    from hallo_rt.engine.vae import CogVideoXVae
+    from hallo_rt.engine.weights.common import seeded_init_
+
+    save_engine_format(root / "hallo3", load_dit("tiny"), load_reference_net("tiny"))
+    # widths divisible by SAT's fixed 32 groups, so the config is inferred from the file alone
+    vae = seeded_init_(CogVideoXVae(VaeConfig(name="v", base_channels=32, num_res_blocks=1)), 5)
+    (root / "cogvideox-5b-i2v-sat" / "vae").mkdir(parents=True)
+    write_sat_vae(root / "cogvideox-5b-i2v-sat" / "vae" / "3d-vae.pt", engine_to_sat_vae_keys(vae.state_dict(), 4))
+    config = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                         intermediate_size=64, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
+                                         num_conv_pos_embedding_groups=4)
+    transformers.Wav2Vec2Model(config).save_pretrained(root / "wav2vec" / "wav2vec2-base-960h")
+    return vae
+
+
+def test_load_pipeline_finds_the_release_layout(tmp_path):
+    from hallo_rt.engine.pipeline import load_pipeline
+
+    vae = _release_layout(tmp_path)
+    pipeline, extractor = load_pipeline(tmp_path / "hallo3")
+    assert pipeline.vae.config.base_channels == 32 and extractor.num_layers == 4
+    for key, value in vae.state_dict().items():
+        assert torch.equal(pipeline.vae.state_dict()[key], value), key
+    # an explicit --vae wins over the release layout
+    pipeline, _ = load_pipeline(tmp_path / "hallo3", vae="tiny")
+    assert pipeline.vae.config.name == "tiny"
+
+
+def test_load_pipeline_says_what_is_missing(tmp_path):
+    import shutil
+
+    from hallo_rt.engine.pipeline import load_pipeline
+
+    _release_layout(tmp_path)
+    shutil.rmtree(tmp_path / "wav2vec")
+    with pytest.raises(InputError, match=r"no audio encoder \(wav2vec2\) found .* pass --audio-encoder"):
+        load_pipeline(tmp_path / "hallo3")
+    shutil.rmtree(tmp_path / "cogvideox-5b-i2v-sat")
+    with pytest.raises(InputError, match="no VAE found .* pass --vae"):
+        load_pipeline(tmp_path / "hallo3")

@@ -104,7 +104,8 @@ class Hallo3Pipeline:
         """[reference, motion frames with random pixel dropout] -> one latent frame, then zero frames
         (sample_video L256-263 and L413-419; `add_mask_to_first_frame` L189-200)."""
         height, width = motion.shape[-2:]
-        keep = torch.rand((height, width), generator=generator, device=generator.device) > mask_rate
+        # compared in the frames' dtype, as the reference does (in bf16, 0.1 itself rounds to 0.10009765625)
+        keep = torch.rand((height, width), generator=generator, device=generator.device).to(motion.dtype) > mask_rate
         masked = motion * keep.to(motion.device, motion.dtype)
         first = self._encode(torch.cat([image[:, :, None], masked], dim=2), generator)  # (1, 1, C, h, w)
         zeros = first.new_zeros(1, self.dit.config.latent_frames - first.shape[1], *first.shape[2:])
@@ -168,7 +169,8 @@ class Hallo3Pipeline:
             pixels = ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0)  # (1, 3, T, H, W)
             # 4. the last frames condition the next clip
             if clip + 1 < clips:
-                motion_pixels = (pixels[:, :, -motion.motion_frames:] * 2 - 1).to(self.vae.dtype)
+                # cast first, then map to [-1, 1], in the reference's order (L415-416): differs in bf16
+                motion_pixels = pixels[:, :, -motion.motion_frames:].to(self.vae.dtype) * 2 - 1
                 concat = self._conditioning_latent(image, motion_pixels, motion.mask_rate, generator)
             # 5. emit the new frames, trimmed to the audio length
             new = pixels[0, :, motion.motion_frames:][:, :length - emitted]

@@ -48,20 +48,21 @@ def reference_loop(pipe, prepared, features, face, text, sampler, seed, length):
 
     def add_mask_to_first_frame(image):  # L189-200
         b, c, f, h, w = image.shape
-        mask = (torch.rand(h, w, generator=g) > mask_rate)[None, None, None]
+        mask = (torch.rand(h, w, generator=g).to(dtype=image.dtype) > mask_rate)[None, None, None]
         return (image.permute(0, 2, 1, 3, 4) * mask.expand(b, f, c, h, w)).permute(0, 2, 1, 3, 4)
 
     def encode_first_stage(x):  # latent * scale_factor, posterior sample
         return vae.encode(x, sample=True, generator=g) * scale
 
-    image = prepared.image
+    dtype = vae.dtype  # the reference casts the whole engine (and its image tensors) to bf16
+    image = prepared.image.to(dtype)
     ref_image_pixel = image.unsqueeze(2)
     motion_image = torch.cat([image.unsqueeze(2)] * n_motion_frame, dim=2)
     mask_image = torch.cat([ref_image_pixel, add_mask_to_first_frame(motion_image)], dim=2)
     mask_image = encode_first_stage(mask_image).permute(0, 2, 1, 3, 4)
-    ref_image = encode_first_stage(prepared.face_image.unsqueeze(2)).permute(0, 2, 1, 3, 4)
+    ref_image = encode_first_stage(prepared.face_image.to(dtype).unsqueeze(2)).permute(0, 2, 1, 3, 4)
     pad_shape = (1, T - 1, *mask_image.shape[2:])
-    mask_image = torch.cat([mask_image, torch.zeros(pad_shape)], dim=1)
+    mask_image = torch.cat([mask_image, torch.zeros(pad_shape, dtype=dtype)], dim=1)
     bank = pipe.reference_net(ref_image)  # the reference recomputes this per clip; same value
 
     times = math.ceil(features.shape[0] / (L - n_motion_frame))
@@ -74,8 +75,8 @@ def reference_loop(pipe, prepared, features, face, text, sampler, seed, length):
         if audio_tensor.shape[0] != L:
             pad = L - audio_tensor.shape[0]
             audio_tensor = torch.cat([audio_tensor, pre_fix[-1:].repeat(pad, 1, 1, 1)], dim=0)
-        cond = Conditioning(concat_latent=mask_image, text_embeds=text[None], audio=audio_tensor[None],
-                            face=face[None], ref_bank=bank)
+        cond = Conditioning(concat_latent=mask_image, text_embeds=text[None].to(dtype),
+                            audio=audio_tensor[None].to(dtype), face=face[None].to(dtype), ref_bank=bank)
         samples_z = sample(pipe.dit, cond, sampler, generator=g)
         latent = 1.0 / scale * samples_z.permute(0, 2, 1, 3, 4)
         state, recons = CausalState(), []
@@ -83,14 +84,26 @@ def reference_loop(pipe, prepared, features, face, text, sampler, seed, length):
             start, end = (0, 3) if i == 0 else (i * 2 + 1, i * 2 + 3)
             recons.append(vae.decode_group(latent[:, :, start:end], state))
         recon = torch.cat(recons, dim=2)
-        samples = torch.clamp((recon + 1.0) / 2.0, min=0.0, max=1.0)
-        motion_image = samples[:, :, -n_motion_frame:] * 2 - 1
+        samples = torch.clamp((recon.to(torch.float32) + 1.0) / 2.0, min=0.0, max=1.0)
+        motion_image = samples[:, :, -n_motion_frame:].to(dtype) * 2 - 1
         mask_image = torch.cat([ref_image_pixel, add_mask_to_first_frame(motion_image)], dim=2)
         mask_image = encode_first_stage(mask_image).permute(0, 2, 1, 3, 4)
-        mask_image = torch.cat([mask_image, torch.zeros(pad_shape)], dim=1)
+        mask_image = torch.cat([mask_image, torch.zeros(pad_shape, dtype=dtype)], dim=1)
         video.append(samples[:, :, n_motion_frame:])
     video = torch.cat(video, dim=2)[:, :, :length]  # (1, 3, frames, H, W)
     return (255.0 * video[0]).to(torch.uint8).permute(1, 2, 3, 0)  # astype(uint8) truncates
+
+
+@pytest.fixture(scope="module")
+def pipeline_bf16() -> Hallo3Pipeline:
+    return Hallo3Pipeline(load_dit("tiny", config=SMALL, dtype="bf16"),
+                          load_reference_net("tiny", config=SMALL, dtype="bf16"),
+                          load_vae("tiny", config=SMALL_VAE, dtype="bf16"))
+
+
+def test_generate_equals_literal_reference_loop_in_bf16(pipeline_bf16):
+    """The reference runs everything in bf16; the dropout mask and the motion frames are cast where it casts."""
+    test_generate_equals_literal_reference_loop(pipeline_bf16, 30, 30)
 
 
 @pytest.mark.parametrize("frames, length", [(30, 30), (45, 37), (15, 15)])

@@ -71,7 +71,8 @@ def _generate(args: argparse.Namespace) -> int:
     from hallo_rt.engine.sampling import SamplerConfig
 
     from .devices import resolve_device
-    from .inputs import parse_box, resolve_face_embedding, resolve_face_mask, resolve_text_embeddings
+    from .inputs import (check_embedding_file, parse_box, resolve_face_embedding, resolve_face_mask,
+                         resolve_text_embeddings)
     from .media import Mp4Writer
 
     t_start = time.perf_counter()
@@ -88,6 +89,9 @@ def _generate(args: argparse.Namespace) -> int:
     box = parse_box(args.face_box) if args.face_box else None
     image, waveform, num_frames = _read_inputs(args)
     face_mask, mask_source = resolve_face_mask(image, _original_size(args.image), args.face_mask, box)
+    for path, what in ((args.face_embedding, "face embedding"), (args.text_embeddings, "text embeddings")):
+        if path is not None:
+            check_embedding_file(path, what)  # shapes need the model's config: checked after loading
 
     # 1. models
     t0 = time.perf_counter()

@@ -54,6 +54,12 @@ def _finite(array: np.ndarray, path: str | Path, what: str) -> torch.Tensor:
     return tensor
 
 
+def check_embedding_file(path: str | Path, what: str) -> None:
+    """Cheap early check (before minutes of model loading): the file exists, reads, is numeric and finite.
+    Its shape is checked against the model later."""
+    _finite(_load_array(path, what), path, what)
+
+
 def load_face_embedding(path: str | Path, dim: int = 512) -> torch.Tensor:
     """A precomputed face embedding (`dim`,) or (1, `dim`) from .npy/.safetensors."""
     array = _load_array(path, "face embedding")

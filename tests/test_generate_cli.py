@@ -429,3 +429,22 @@ def test_failure_during_generation_leaves_nothing_and_keeps_the_old_output(input
     assert any(n.startswith(".out.mp4.") and n.endswith(".partial.mp4") for n in names), names  # it was writing
     assert _listing(tmp_path) == ["out.mp4"]
     assert out.read_bytes() == b"the video from yesterday"
+
+
+def test_unreadable_face_and_text_files_fail_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    """A typo in --face-embedding/--text-embeddings must not cost the (minutes-long) model loading first."""
+    import hallo_rt.engine.pipeline as pipeline_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("models were loaded before the input files were checked")
+
+    monkeypatch.setattr(pipeline_module, "load_pipeline", no_loading)
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.full(512, np.nan, dtype=np.float32))
+    for flag, value, words in (("--face-embedding", str(tmp_path / "missing.npy"), "does not exist"),
+                               ("--text-embeddings", str(nan), "NaN")):
+        code = main(["generate", "--image", "examples/portrait.jpg", "--audio", "examples/speech.wav",
+                     "--out", str(tmp_path / "out.mp4"), "--quiet", flag, value])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("hallo-rt: error:") and words in err[0], err
+    assert not (tmp_path / "out.mp4").exists()

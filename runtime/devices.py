@@ -12,7 +12,8 @@ def resolve_device(name: str) -> torch.device:
     if kind not in available:
         raise ValueError(
             f"device {name!r} is not available on this machine "
-            f"(torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}); available: {', '.join(available)}"
+            f"(torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}); "
+            f"available: {', '.join(available)}"
         )
     device = torch.device(name)
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -15,7 +15,6 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
 FPS = 25  # Hallo3 renders at 25 fps (`configs/inference.yaml` sampling_fps)

@@ -412,8 +412,8 @@ def test_text_embeddings_files_are_accepted(tmp_path, suffix, batched):
 @pytest.mark.parametrize("shape", [(L, D - 1), (L + 1, D), (D, L), (2, L, D), (L * D,), (1, 1, L, D)])
 def test_text_embeddings_wrong_shape_is_refused_with_the_expected_shape(tmp_path, shape):
     path = _write(tmp_path / "text.safetensors", np.zeros(shape, np.float32))
-    with pytest.raises(InputError, match=rf"text\.safetensors: text embeddings must have shape \(16, 64\) or "
-                                         rf"\(1, 16, 64\) for this model, got \("):
+    with pytest.raises(InputError, match=r"text\.safetensors: text embeddings must have shape \(16, 64\) or "
+                                         r"\(1, 16, 64\) for this model, got \("):
         resolve_text_embeddings(path, L, D)
 
 

@@ -26,7 +26,7 @@ from ..dit import HalloDiT
 from ..reference import ReferenceNet, reference_config
 from ..vae import CogVideoXVae
 from . import diffusers_format, sat, vae_format
-from .common import WeightsError, assign_state_dict, load_safetensors, seeded_init_
+from .common import WeightsError, assign_state_dict, load_safetensors, resolve_dtype, seeded_init_
 
 __all__ = ["WeightsError", "load_dit", "load_reference_net", "load_vae", "save_engine_format", "convert",
            "detect_format"]
@@ -58,17 +58,6 @@ def detect_format(path_or_preset: str | Path) -> Format:
         f"a diffusers CogVideoXTransformer3DModel folder (config.json + safetensors), or a hallo-rt folder "
         f"({ENGINE_MANIFEST} + dit.safetensors)"
     )
-
-
-def _dtype(dtype: torch.dtype | str) -> torch.dtype:
-    names = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if isinstance(dtype, str):
-        if dtype not in names:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(names)}")
-        return names[dtype]
-    if dtype not in names.values():
-        raise ValueError(f"unsupported dtype {dtype}; choose torch.float32, torch.float16 or torch.bfloat16")
-    return dtype
 
 
 def _read_engine_manifest(path: Path) -> dict:
@@ -108,7 +97,7 @@ def load_dit(
     inferred from shapes and the clip geometry is Hallo3's unless a config says otherwise). The weights must
     match it exactly: missing, unexpected and mis-shaped keys are all reported. `seed` is used by presets.
     """
-    dtype = _dtype(dtype)
+    dtype = resolve_dtype(dtype)
     fmt = detect_format(path_or_preset)
     if fmt == "preset":
         cfg = config or get_preset(str(path_or_preset))
@@ -128,7 +117,7 @@ def load_reference_net(
     """The identity reference network. Hallo3 SAT checkpoints: `ref_model.diffusion_model.*`; a plain
     CogVideoX checkpoint (SAT or diffusers): its backbone, as Hallo3 stage 1 initialises it; hallo-rt
     folders: `reference_net.safetensors`. `config` is the denoiser's or the reference's config."""
-    dtype = _dtype(dtype)
+    dtype = resolve_dtype(dtype)
     fmt = detect_format(path_or_preset)
     if fmt == "preset":
         cfg = reference_config(config or get_preset(str(path_or_preset)))
@@ -208,7 +197,7 @@ def convert(src: str | Path, out: str | Path, config: DiTConfig | None = None,
     if fmt not in ("sat", "diffusers"):
         raise WeightsError(f"{src}: convert reads SAT or diffusers checkpoints, this is a {fmt}")
     cfg, state, source = _denoiser_state(src, fmt, config)
-    dtype = _dtype(dtype) if dtype is not None else next(iter(state.values())).dtype
+    dtype = resolve_dtype(dtype) if dtype is not None else next(iter(state.values())).dtype
     dit = assign_state_dict(lambda: HalloDiT(cfg), state, source, dtype, "cpu")
     del state
     reference = None

@@ -15,6 +15,20 @@ class WeightsError(ValueError):
     """A checkpoint cannot be read, or does not match the model it should fill."""
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """`fp32` / `fp16` / `bf16` or the torch dtype itself; anything else is refused with the choices."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        return DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise ValueError(f"unsupported dtype {dtype}; choose torch.float32, torch.float16 or torch.bfloat16")
+    return dtype
+
+
 def _benign_globals() -> list:
     """Globals that DeepSpeed/SAT training checkpoints carry besides tensors, none of which can run code:
     numpy arrays and dtypes (the saved numpy RNG state) and argparse namespaces (saved arguments)."""

@@ -39,13 +39,14 @@ _TOP_RENAMES = {
 _BLOCK_KEY = re.compile(r"^transformer_blocks\.(\d+)\.(.+)\.(weight|bias)$")
 
 
-def find_folder(path: Path) -> Path | None:
-    """The transformer folder: `path` itself, or `path/transformer` of a pipeline folder."""
-    for folder in (path, path / "transformer"):
+def find_folder(path: Path, class_name: str = CLASS_NAME, subfolder: str = "transformer") -> Path | None:
+    """The model folder: `path` itself, or `path/<subfolder>` of a pipeline folder, whose config.json
+    names `class_name`."""
+    for folder in (path, path / subfolder):
         config = folder / "config.json"
         if config.is_file():
             try:
-                if json.loads(config.read_text()).get("_class_name") == CLASS_NAME:
+                if json.loads(config.read_text()).get("_class_name") == class_name:
                     return folder
             except json.JSONDecodeError:
                 return None

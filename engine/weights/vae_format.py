@@ -17,7 +17,8 @@ import torch
 
 from ..config import VAE_HALLO3, VAE_PRESETS, VaeConfig, get_vae_preset
 from ..vae import CogVideoXVae
-from .common import WeightsError, assign_state_dict, load_pickle, load_safetensors, seeded_init_
+from . import diffusers_format
+from .common import WeightsError, assign_state_dict, load_pickle, load_safetensors, resolve_dtype, seeded_init_
 
 DIFFUSERS_CLASS = "AutoencoderKLCogVideoX"
 SAT_FILE = "3d-vae.pt"
@@ -103,15 +104,7 @@ def read_sat(path: Path) -> dict[str, torch.Tensor]:
 
 def find_diffusers_folder(path: Path) -> Path | None:
     """`path` or its `vae/` subfolder when its config.json names AutoencoderKLCogVideoX."""
-    for folder in (path, path / "vae"):
-        config = folder / "config.json"
-        if config.is_file():
-            try:
-                if json.loads(config.read_text()).get("_class_name") == DIFFUSERS_CLASS:
-                    return folder
-            except json.JSONDecodeError:
-                return None
-    return None
+    return diffusers_format.find_folder(path, DIFFUSERS_CLASS, subfolder="vae")
 
 
 def read_diffusers_config(folder: Path) -> VaeConfig:
@@ -143,16 +136,6 @@ def read_diffusers_config(folder: Path) -> VaeConfig:
         raise WeightsError(f"{folder}: {err}") from None
 
 
-def _diffusers_files(folder: Path) -> list[Path]:
-    index = folder / "diffusion_pytorch_model.safetensors.index.json"
-    if index.is_file():
-        return [folder / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise WeightsError(f"{folder}: no .safetensors weights (a .bin-only folder: re-save with safetensors)")
-    return files
-
-
 def _engine_manifest(path: Path) -> dict | None:
     manifest = path / "hallo_rt.json"
     if path.is_dir() and manifest.is_file():
@@ -176,7 +159,7 @@ def vae_state(path: Path, config: VaeConfig | None) -> tuple[VaeConfig, dict[str
     folder = find_diffusers_folder(path) if path.is_dir() else None
     if folder is not None:
         cfg = config or read_diffusers_config(folder)
-        return cfg, load_safetensors(_diffusers_files(folder)), str(folder)
+        return cfg, load_safetensors(diffusers_format.weight_files(folder)), str(folder)
     file = _sat_file(path)
     state = read_sat(file)
     cfg = config or infer_sat_config(state, name=f"sat:{file.name}")
@@ -194,9 +177,7 @@ def load_vae(
     SAT `3d-vae.pt` (the file, or a folder holding it or `vae/3d-vae.pt`), a diffusers
     `AutoencoderKLCogVideoX` folder (or a pipeline folder with `vae/`), or a hallo-rt folder with a VAE.
     Loading is strict: missing, unexpected and mis-shaped keys are all reported."""
-    from . import _dtype
-
-    dtype = _dtype(dtype)
+    dtype = resolve_dtype(dtype)
     if isinstance(path_or_preset, str) and path_or_preset in VAE_PRESETS:
         model = seeded_init_(CogVideoXVae(config or get_vae_preset(path_or_preset)), seed)
         return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..wav2vec2 import AUDIO_PRESETS, Wav2Vec2Config, Wav2Vec2Model
-from .common import WeightsError, assign_state_dict, load_pickle, load_safetensors, seeded_init_
+from .common import WeightsError, assign_state_dict, load_pickle, load_safetensors, resolve_dtype, seeded_init_
 
 CTC_PREFIX = "wav2vec2."
 SKIPPED_PREFIXES = ("lm_head.",)
@@ -33,7 +33,6 @@ WEIGHT_NORM_PAIRS = (
 )
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def read_config(folder: Path) -> Wav2Vec2Config:
@@ -116,16 +115,6 @@ def to_engine_keys(raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
-        return _DTYPES[dtype]
-    if dtype not in _DTYPES.values():
-        raise ValueError(f"unsupported dtype {dtype}; choose torch.float32, torch.float16 or torch.bfloat16")
-    return dtype
-
-
 def load_audio_encoder(
     path_or_preset: str | Path,
     dtype: torch.dtype | str = torch.float32,
@@ -135,7 +124,7 @@ def load_audio_encoder(
     """The wav2vec2 audio encoder from a preset name (`wav2vec2-base`, `tiny`: seeded random weights) or a
     Hugging Face folder (layouts in the module docstring). Loading is strict: missing, unexpected and
     mis-shaped keys are all reported in one WeightsError."""
-    dtype = _dtype(dtype)
+    dtype = resolve_dtype(dtype)
     if isinstance(path_or_preset, str) and path_or_preset in AUDIO_PRESETS:
         model = seeded_init_(Wav2Vec2Model(AUDIO_PRESETS[path_or_preset]), seed)
         return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

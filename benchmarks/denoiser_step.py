@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from environment import machine
 
 from hallo_rt import __version__
 from hallo_rt.engine import HalloDiT, get_preset, load_dit, load_reference_net
@@ -85,19 +85,6 @@ def time_calls(fn, repeats: int, warmup: int) -> dict:
     samples.sort()
     return {"median_ms": statistics.median(samples) * 1e3, "p10_ms": samples[len(samples) // 10] * 1e3,
             "p90_ms": samples[(len(samples) * 9) // 10] * 1e3, "repeats": repeats, "warmup": warmup}
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "logical_cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
 
 
 def main(argv: list[str] | None = None) -> int:

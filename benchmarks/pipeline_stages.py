@@ -10,15 +10,12 @@ bank, the conditioning latent (VAE encode of 3 frames), the sampling loop (CFG),
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
+
+from environment import emit, machine, versions
 
 from hallo_rt import __version__
 from hallo_rt.engine.pipeline import load_pipeline
@@ -76,14 +73,10 @@ def main() -> None:
         "stages_median": {k: round(v, 4) for k, v in stages.items()},
         "clip_s": round(clip_s, 4), "video_s_per_clip": new_frames / 25,
         "realtime_factor_per_clip": round(new_frames / 25 / clip_s, 4),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count()},
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__},
+        "machine": machine(),
+        "versions": versions(),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,14 @@ an untrained network; run it with the released `3d-vae.pt` for the figures that 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from environment import emit, machine, versions
 
 from hallo_rt import __version__
 from hallo_rt.engine import Grouping, load_vae
@@ -103,15 +101,11 @@ def main() -> None:
         "weights": "seeded random (untrained)" if args.vae in ("tiny", "hallo3") else "checkpoint",
         "clip": f"49 frames {height}x{width}, 13 latent frames, pushed one latent frame at a time",
         "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": __import__("os").cpu_count()},
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__},
+        "machine": machine(),
+        "versions": versions(),
         "results": results,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
+
+# Triton kernels run in Triton's interpreter on CPU-only machines. Triton decides at decoration time, so
+# this must happen before anything imports hallo_rt.kernels. With a GPU the kernels compile for it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -35,7 +35,6 @@ def _ln_modulate_kernel(
     row = tl.program_id(0)  # one program per (batch, token) of the joint sequence
     b = row // (L + S)
     t = row % (L + S)
-    is_text = t < L
     offs = tl.arange(0, BLOCK_D)
     in_d = offs < D
     token = offs * 0 + t  # the row's token index as a vector, so masks stay vectors of i1

@@ -26,6 +26,22 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="preset name or checkpoint path (default: tiny)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--kernels", default="none", choices=["none", "triton", "reference"],
+                        help="fused ops for the denoiser: triton (CUDA, or CPU under TRITON_INTERPRET=1), "
+                             "reference (their torch references), none (the plain model; default)")
+
+
+def apply_kernels_arg(model, impl: str):
+    """`--kernels`: the model with fused ops, or unchanged for "none"; unavailable Triton is a usage error."""
+    if impl == "none":
+        return model
+    from hallo_rt.kernels import KernelUnavailable
+    from hallo_rt.kernels.apply import apply_kernels
+
+    try:
+        return apply_kernels(model, impl)
+    except KernelUnavailable as err:
+        raise ValueError(f"--kernels {impl}: {err}") from None
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
@@ -41,6 +57,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     dit = load_dit(args.model, dtype=args.dtype, device=device)
     reference = load_reference_net(args.model, dtype=args.dtype, device=device)
+    dit, reference = apply_kernels_arg(dit, args.kernels), apply_kernels_arg(reference, args.kernels)
     load_s = time.perf_counter() - t0
     cfg = dit.config
     F, H, W = args.latent_frames or cfg.latent_frames, cfg.latent_height, cfg.latent_width
@@ -83,7 +100,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     video_s = (4 * F - 3) / 25.0
     summary = {
         "model": cfg.name, "config_hash": cfg.compute_hash()[:16], "device": str(device), "dtype": args.dtype,
-        "threads": torch.get_num_threads(), "sampler": sampler.kind, "steps": sampler.steps,
+        "kernels": args.kernels, "threads": torch.get_num_threads(), "sampler": sampler.kind, "steps": sampler.steps,
         "cfg_scale": sampler.cfg_scale, "latent_shape": list(latents.shape), "load_s": round(load_s, 4),
         "reference_bank_s": round(bank_s, 4), "sampling_s": round(sample_s, 4),
         "step_ms_median": round(sorted(step_times)[len(step_times) // 2] * 1e3, 3),

@@ -69,6 +69,7 @@ def _generate(args: argparse.Namespace) -> int:
     from hallo_rt.engine.reference_image import prepare_reference
     from hallo_rt.engine.sampling import SamplerConfig
 
+    from .cli import apply_kernels_arg
     from .devices import resolve_device
     from .inputs import (check_embedding_file, parse_box, resolve_face_embedding, resolve_face_mask,
                          resolve_text_embeddings)
@@ -96,6 +97,8 @@ def _generate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     pipeline, extractor = load_pipeline(args.model, vae=args.vae, audio_encoder=args.audio_encoder,
                                         dtype=args.dtype, device=device)
+    pipeline.dit = apply_kernels_arg(pipeline.dit, args.kernels)
+    pipeline.reference_net = apply_kernels_arg(pipeline.reference_net, args.kernels)
     cfg = pipeline.dit.config
     face, face_source = resolve_face_embedding(image, args.face_embedding, args.face_models, cfg.face_embed_dim)
     text, text_source = resolve_text_embeddings(args.text_embeddings, cfg.text_len, cfg.text_dim)
@@ -137,7 +140,8 @@ def _generate(args: argparse.Namespace) -> int:
     summary = {
         "out": str(Path(args.out)), "frames": writer.frames_written, "video_seconds": seconds,
         "size": f"{width}x{height}", "clips": clips, "model": cfg.name, "device": str(device),
-        "dtype": args.dtype, "sampler": sampler.kind, "steps": sampler.steps, "cfg_scale": sampler.cfg_scale,
+        "dtype": args.dtype, "kernels": args.kernels, "sampler": sampler.kind, "steps": sampler.steps,
+        "cfg_scale": sampler.cfg_scale,
         "seed": args.seed, "face_embedding": face_source, "face_region": mask_source, "text": text_source,
         "load_s": round(load_s, 3), "audio_features_s": round(audio_s, 3), "generate_s": round(generate_s, 3),
         "wall_s": round(wall_s, 3), "realtime_factor": round(seconds / wall_s, 4),

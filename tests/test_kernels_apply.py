@@ -79,3 +79,18 @@ def test_triton_unavailable_says_what_is_missing(tiny, monkeypatch):
     with pytest.raises(KernelUnavailable, match="Triton is not installed.*gpu"):
         apply_kernels(dit, "triton")
     assert apply_kernels(dit, "triton", check_runtime=False).blocks[0].ops.impl == "triton"  # export tracing
+
+
+def test_cli_kernels_flag(monkeypatch, capsys):
+    import json
+
+    from hallo_rt.runtime.cli import main
+
+    assert main(["denoise", "--kernels", "reference", "--steps", "1", "--cfg", "1", "--latent-frames", "2",
+                 "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kernels"] == "reference" and summary["finite"]
+    monkeypatch.setattr(_triton, "INTERPRET", False)
+    assert main(["denoise", "--kernels", "triton", "--steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hallo-rt: error: --kernels triton:") and "Available here: impl='reference'" in err

@@ -16,14 +16,22 @@ from ._triton import Launch
 class FusedOp:
     name: str
     """Op name in the `hallo_rt` torch.library namespace (and the ONNX custom domain)."""
-    op: Callable
-    """The torch custom op (`torch.ops.hallo_rt.<name>` is the same op)."""
+    custom_op: Callable
+    """The `torch.library.custom_op` definition (kept alive here); call the op through `op`."""
     reference: Callable
     """Plain-torch definition of correct, same signature as `op`."""
     triton: Callable
     """The Triton launcher, same signature as `op`."""
     examples: Callable[[torch.dtype], list[tuple[str, Launch]]]
     """Launches at model sizes (Hallo3, Hallo4) on meta tensors: label -> Launch."""
+
+    @property
+    def op(self):
+        """`torch.ops.hallo_rt.<name>`, looked up in the dispatcher at call time. Calling the CustomOpDef
+        object itself went through an overload it cached at definition, which raised
+        `ValueError: vector::reserve` (or segfaulted) in torch 2.13 on meta/fake tensors after other tests
+        had run, while the same call through torch.ops worked."""
+        return getattr(torch.ops.hallo_rt, self.name)
 
     @property
     def overload(self):

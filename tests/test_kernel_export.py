@@ -292,9 +292,7 @@ def _cases():
 
 
 def _fake_outputs(op, tensors, attrs) -> tuple:
-    """The op's register_fake outputs, under FakeTensorMode (the path torch.export takes). A first call of a
-    custom op on meta tensors crashed inside torch 2.13's dispatcher (ValueError std::vector::reserve, or a
-    segfault) after other tests in the session, depending on order; fake tensors avoid that path."""
+    """The op's register_fake outputs, under FakeTensorMode (the path torch.export takes)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode() as mode:

@@ -96,7 +96,7 @@ def test_empty_batch():
     x = torch.randn(0, 5, 3, 8)
     for into_tokens, shape in ((False, (0, 2, 3, 32)), (True, (0, 2, 12, 8))):
         assert tm.temporal_motion_fold_triton(x, None, None, EPS, into_tokens).shape == shape
-        assert tm.temporal_motion_fold(x, None, None, EPS, into_tokens).shape == shape
+        assert torch.ops.hallo_rt.temporal_motion_fold(x, None, None, EPS, into_tokens).shape == shape
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -295,7 +295,7 @@ def _fake_outputs(op, tensors, attrs) -> tuple:
     """The op's register_fake outputs, under FakeTensorMode (the path torch.export takes)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode() as mode:
+    with FakeTensorMode():
         fakes = [None if t is None else torch.empty(t.shape, dtype=t.dtype) for t in tensors]  # fake, not allocated
         out = op(*fakes, *attrs.values())
     return out if isinstance(out, tuple) else (out,)

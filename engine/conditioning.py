@@ -118,5 +118,7 @@ class FrameCrossAttention(nn.Module):
         # 3. Attention within each frame; a shared context (face) broadcasts over frames.
         k = k.expand(B, Fr, H, k.shape[-2], Dh)
         v = v.expand(B, Fr, H, v.shape[-2], Dh)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, F, H, N, Dh)
+        # Frames folded into the batch: 4-dim attention is what every backend (ONNX included) accepts.
+        out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1))
+        out = out.unflatten(0, (B, Fr))  # (B, F, H, N, Dh)
         return self.out(out.transpose(2, 3).flatten(-2))  # (B, F, N, D)

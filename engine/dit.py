@@ -215,6 +215,10 @@ class HalloDiT(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.patch_embed.proj.weight.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embed.proj.weight.device
+
     def rope(self, frames: int, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (frames, h, w, str(device))
         if key not in self._rope_cache:
@@ -263,6 +267,29 @@ class HalloDiT(nn.Module):
         timestep, text_embeds, audio, face = check_dit_inputs(
             self, latents, timestep, text_embeds, audio, face, ref_bank
         )
+        audio_tokens, face_tokens = self.condition_tokens(audio, face)
+        return self.denoise(latents, timestep, text_embeds, audio_tokens, face_tokens, ref_bank)
+
+    def condition_tokens(
+        self, audio: torch.Tensor | None, face: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Projected condition tokens, computed once for every layer: audio (B, F, M, Dc), face (B, M, Dc).
+        Inputs as `forward` takes them after validation (zeros, not None, when the module exists)."""
+        audio_tokens = self.audio_proj(audio) if self.audio_proj is not None else None
+        face_tokens = self.face_proj(face) if self.face_proj is not None else None
+        return audio_tokens, face_tokens
+
+    def denoise(
+        self,
+        latents: torch.Tensor,  # (B, F, C_in, H, W)
+        timestep: torch.Tensor,  # (B,)
+        text_embeds: torch.Tensor,  # (B, L, text_dim)
+        audio_tokens: torch.Tensor | None,  # (B, F, M, Dc) from `condition_tokens`
+        face_tokens: torch.Tensor | None,  # (B, M, Dc)
+        ref_bank: torch.Tensor | None,  # (num_layers, B or 1, N_ref, D)
+    ) -> torch.Tensor:
+        """The transformer on projected condition tokens: what `forward` runs after `condition_tokens`
+        (and the exported denoiser step graph). Returns (B, F, C_out, H, W)."""
         cfg = self.config
         B, Fr, _, H, W = latents.shape
         p = cfg.patch_size
@@ -270,14 +297,12 @@ class HalloDiT(nn.Module):
         # 1-2. Timestep embedding and tokens.
         emb, text, video, rope = self.prepare(latents, timestep, text_embeds)
         rope_frame0 = (rope[0][: h * w], rope[1][: h * w])
-        # 3. Condition tokens, computed once for every layer.
-        face_tokens = self.face_proj(face)[:, None] if self.face_proj is not None else None  # (B, 1, M, Dc)
-        audio_tokens = self.audio_proj(audio) if self.audio_proj is not None else None  # (B, F, M, Dc)
-        # 4. Blocks.
+        face_tokens = face_tokens[:, None] if face_tokens is not None else None  # (B, 1, M, Dc): all frames
+        # 3. Blocks.
         for i, block in enumerate(self.blocks):
             bank = ref_bank[i].expand(B, -1, -1) if ref_bank is not None else None
             text, video = block(text, video, emb, Fr, rope, rope_frame0, face_tokens, audio_tokens, bank)
-        # 5. Final norm, modulated output layer, unpatchify.
+        # 4. Final norm, modulated output layer, unpatchify.
         out = self.final_layer(self.norm_final(video), emb)  # (B, F*h*w, C_out*p*p)
         out = out.reshape(B, Fr, h, w, cfg.out_channels, p, p)
         return out.permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Fr, cfg.out_channels, H, W)

@@ -132,7 +132,7 @@ class Hallo3Pipeline:
         reference generates and discards them; earlier clips do not depend on them).
         face_embedding (face_embed_dim,) or (1, ...); text_embeds (text_len, text_dim) or (1, ...)."""
         cfg, dtype = self.dit.config, self.dit.dtype
-        device = next(self.dit.parameters()).device
+        device = self.dit.device
         expected = (cfg.audio_window, cfg.audio_layers, cfg.audio_dim)
         if audio_features.ndim != 4 or tuple(audio_features.shape[1:]) != expected or audio_features.shape[0] < 1:
             raise InputError(f"audio features must be (frames >= 1, {', '.join(map(str, expected))}), "

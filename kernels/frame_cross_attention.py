@@ -194,7 +194,9 @@ def frame_cross_attention_ref(q, k, v, q_weight, q_bias, k_weight, k_bias, cos, 
         q = (q.float() * cos + rotated * sin).to(q.dtype)
     k = k.expand(B, Fr, H, k.shape[-2], Dh)
     v = v.expand(B, Fr, H, v.shape[-2], Dh)
-    out = F.scaled_dot_product_attention(q, k, v)  # (B, F, H, N, Dh)
+    # Frames folded into the batch, as the model does (4-dim attention exports everywhere).
+    out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1))
+    out = out.unflatten(0, (B, Fr))  # (B, F, H, N, Dh)
     return out.transpose(2, 3).flatten(-2)  # (B, F, N, H*Dh)
 
 

@@ -4,6 +4,8 @@
     hallo-rt denoise [--model tiny] [--steps 50] [--cfg 3.5] ...     one clip of denoising, with timings
     hallo-rt convert SRC --out DST [--dtype ...]                       SAT / diffusers -> hallo-rt format
     hallo-rt info MODEL                                                config, hash and parameter counts
+    hallo-rt export --model tiny --out DIR [--dtype ...] [--kernels plugin]   every graph to ONNX + manifest
+    hallo-rt build --onnx DIR --out DIR [--fp8] [--timing-cache PATH]  TensorRT plans (needs TensorRT + GPU)
 """
 
 from __future__ import annotations
@@ -152,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--vae", default=None, help="VAE checkpoint (default: found beside --model, or its preset)")
     p.add_argument("--audio-encoder", default=None, help="wav2vec2 folder (default: found beside --model)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"],
+                   help="what runs the graphs (default: torch). onnxruntime exports the model on first use "
+                        "into the artifact cache unless --artifacts is given; tensorrt needs --artifacts")
+    p.add_argument("--artifacts", default=None,
+                   help="exported graphs (hallo-rt export --out DIR) or TensorRT plans (hallo-rt build --out DIR)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50, the reference)")
     p.add_argument("--cfg", type=float, default=3.5, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--sampler", default="dpmpp2m_sde", choices=["dpmpp2m_sde", "ddim"])
@@ -184,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: as stored")
     p.set_defaults(func=_cmd_convert)
+
+    from .export_cmd import add_export_command
+
+    add_export_command(sub)
+
+    from hallo_rt.export.tensorrt_build import add_build_command
+
+    add_build_command(sub)
 
     p = sub.add_parser("info", help="print a model's config, hash and parameter count")
     p.add_argument("model")

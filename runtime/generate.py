@@ -99,6 +99,14 @@ def _generate(args: argparse.Namespace) -> int:
                                         dtype=args.dtype, device=device)
     pipeline.dit = apply_kernels_arg(pipeline.dit, args.kernels)
     pipeline.reference_net = apply_kernels_arg(pipeline.reference_net, args.kernels)
+    backend_used = {"backend": "torch", "device": str(device), "kernels": args.kernels}
+    if args.backend != "torch":
+        from .graph_pipeline import graph_pipeline
+
+        if args.kernels != "none":
+            raise ValueError("--kernels applies to the torch backend; exported graphs carry their own ops")
+        pipeline, extractor, backend_used = graph_pipeline(pipeline, extractor, args.backend, args.artifacts,
+                                                           quiet=args.quiet)
     cfg = pipeline.dit.config
     face, face_source = resolve_face_embedding(image, args.face_embedding, args.face_models, cfg.face_embed_dim)
     text, text_source = resolve_text_embeddings(args.text_embeddings, cfg.text_len, cfg.text_dim)
@@ -138,6 +146,7 @@ def _generate(args: argparse.Namespace) -> int:
     wall_s = time.perf_counter() - t_start
     seconds = writer.frames_written / FPS
     summary = {
+        "backend_used": backend_used,
         "out": str(Path(args.out)), "frames": writer.frames_written, "video_seconds": seconds,
         "size": f"{width}x{height}", "clips": clips, "model": cfg.name, "device": str(device),
         "dtype": args.dtype, "kernels": args.kernels, "sampler": sampler.kind, "steps": sampler.steps,

@@ -275,6 +275,16 @@ SINGLE_FRAME_GROUPING = Grouping(1, 1)
 """One latent frame per group: the lowest latency, not the reference's numerics (see the README)."""
 
 
+def resolve_grouping(grouping: Grouping | str) -> Grouping:
+    """A Grouping, or its name: "reference" (3 then pairs) or "single" (one latent frame at a time)."""
+    named = {"reference": REFERENCE_GROUPING, "single": SINGLE_FRAME_GROUPING}
+    if isinstance(grouping, str):
+        if grouping not in named:
+            raise ValueError(f"unknown grouping {grouping!r}; choose {', '.join(named)} or a Grouping")
+        return named[grouping]
+    return grouping
+
+
 class CogVideoXVae(nn.Module):
     """Encoder and decoder of the CogVideoX 3D causal VAE.
 
@@ -358,30 +368,18 @@ class CogVideoXVae(nn.Module):
         return StreamingVaeDecoder(self, grouping, clamp)
 
 
-class StreamingVaeDecoder:
-    """Decodes a clip's latent frames chunk by chunk, group by group, carrying the causal caches.
+class GroupedLatentBuffer:
+    """The group-by-group buffering shared by every streaming decoder: latent chunks of any length come
+    in, each completed group (first, then `then`-sized ones) goes to `_decode_group`.
 
-    `decode(chunk)` takes any number (>= 1) of new latent frames (B, C, n, H, W) and returns the pixel
-    frames of every group it completed, possibly none (B, 3, 0, 8H, 8W); `flush()` decodes what is left as
-    a last, shorter group and ends the clip, after which the decoder starts a new one. Concatenating the
-    outputs over any chunking equals `CogVideoXVae.decode` whenever the grouping is the same.
-    """
+    Subclasses implement `_decode_group(group) -> frames` (which counts `_groups_done`) and
+    `_empty(like) -> frames` (a zero-frame output shaped for `like`)."""
 
-    def __init__(self, vae: CogVideoXVae, grouping: Grouping | str = REFERENCE_GROUPING, clamp: bool = True):
-        named = {"reference": REFERENCE_GROUPING, "single": SINGLE_FRAME_GROUPING}
-        if isinstance(grouping, str):
-            if grouping not in named:
-                raise ValueError(f"unknown grouping {grouping!r}; choose {', '.join(named)} or a Grouping")
-            grouping = named[grouping]
-        self.vae, self.grouping, self.clamp = vae, grouping, clamp
-        self.reset()
+    grouping: Grouping
 
-    def reset(self) -> None:
-        """Forget the caches and any buffered frames; the next frame starts a new clip."""
-        self._state = CausalState()
+    def _reset_buffer(self) -> None:
         self._pending: list[torch.Tensor] = []
         self._groups_done = 0
-        self._signature: tuple | None = None
         self._like: torch.Tensor | None = None
 
     @property
@@ -391,6 +389,38 @@ class StreamingVaeDecoder:
 
     def _next_size(self) -> int:
         return self.grouping.first if self._groups_done == 0 else self.grouping.then
+
+    def _decode_ready(self, latents: torch.Tensor) -> torch.Tensor:
+        """Buffer checked latents (B, C, n, h, w) and decode every group now complete."""
+        self._like = latents[:, :, :0]
+        self._pending.append(latents)
+        outputs = []
+        while self.buffered_frames >= self._next_size():
+            pending = torch.cat(self._pending, dim=2)
+            size = self._next_size()
+            outputs.append(self._decode_group(pending[:, :, :size]))
+            self._pending = [pending[:, :, size:]] if pending.shape[2] > size else []
+        return torch.cat(outputs, dim=2) if outputs else self._empty(latents)
+
+
+class StreamingVaeDecoder(GroupedLatentBuffer):
+    """Decodes a clip's latent frames chunk by chunk, group by group, carrying the causal caches.
+
+    `decode(chunk)` takes any number (>= 1) of new latent frames (B, C, n, H, W) and returns the pixel
+    frames of every group it completed, possibly none (B, 3, 0, 8H, 8W); `flush()` decodes what is left as
+    a last, shorter group and ends the clip, after which the decoder starts a new one. Concatenating the
+    outputs over any chunking equals `CogVideoXVae.decode` whenever the grouping is the same.
+    """
+
+    def __init__(self, vae: CogVideoXVae, grouping: Grouping | str = REFERENCE_GROUPING, clamp: bool = True):
+        self.vae, self.grouping, self.clamp = vae, resolve_grouping(grouping), clamp
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the caches and any buffered frames; the next frame starts a new clip."""
+        self._state = CausalState()
+        self._signature: tuple | None = None
+        self._reset_buffer()
 
     def _empty(self, like: torch.Tensor) -> torch.Tensor:
         step = self.vae.config.spatial_compression
@@ -409,15 +439,7 @@ class StreamingVaeDecoder:
             raise InputError(f"latent chunk (batch, height, width, device) {signature} differs from this "
                              f"clip's {self._signature}; call flush() or reset() to start another clip")
         self._signature = signature
-        self._like = latents[:, :, :0]
-        self._pending.append(latents)
-        outputs = []
-        while self.buffered_frames >= self._next_size():
-            pending = torch.cat(self._pending, dim=2)
-            size = self._next_size()
-            outputs.append(self._decode_group(pending[:, :, :size]))
-            self._pending = [pending[:, :, size:]] if pending.shape[2] > size else []
-        return torch.cat(outputs, dim=2) if outputs else self._empty(latents)
+        return self._decode_ready(latents)
 
     def flush(self) -> torch.Tensor:
         """Decode the buffered frames (if any) as the clip's last group, then start a new clip."""

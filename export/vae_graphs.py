@@ -45,11 +45,12 @@ from torch import nn
 from ..engine.config import VaeConfig
 from ..engine.vae import (
     REFERENCE_GROUPING,
-    SINGLE_FRAME_GROUPING,
     CausalConv3d,
     CausalState,
     CogVideoXVae,
+    GroupedLatentBuffer,
     Grouping,
+    resolve_grouping,
 )
 from ..engine.validation import InputError
 from .descriptors import PRECISIONS, GraphDescriptor, TensorSpec
@@ -57,7 +58,6 @@ from .descriptors import PRECISIONS, GraphDescriptor, TensorSpec
 Runner = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 LATENTS, FRAMES = "latents", "frames"
-_NAMED_GROUPINGS = {"reference": REFERENCE_GROUPING, "single": SINGLE_FRAME_GROUPING}
 
 
 def cache_input_name(slot: int) -> str:
@@ -108,14 +108,6 @@ class VaeDecoderChunk(nn.Module):
 # Descriptors.
 
 
-def _resolve_grouping(grouping: Grouping | str) -> Grouping:
-    if isinstance(grouping, str):
-        if grouping not in _NAMED_GROUPINGS:
-            raise ValueError(f"unknown grouping {grouping!r}; choose {', '.join(_NAMED_GROUPINGS)} or a Grouping")
-        return _NAMED_GROUPINGS[grouping]
-    return grouping
-
-
 def graph_name(start: bool, frames: int, grouping: Grouping) -> str:
     """`vae_decoder_first` / `vae_decoder_next` for the grouping's sizes, `..._<frames>` for shorter groups."""
     kind, full = ("first", grouping.first) if start else ("next", grouping.then)
@@ -146,7 +138,7 @@ def vae_decoder_descriptor(vae: VaeConfig, latent_height: int, latent_width: int
                            grouping: Grouping | str = REFERENCE_GROUPING, precision: str = "fp32", *,
                            batch: int = 1, clamp: bool = True) -> GraphDescriptor:
     """One decoder group of `frames` latent frames (the clip's first group if `start`), static shapes."""
-    grouping = _resolve_grouping(grouping)
+    grouping = resolve_grouping(grouping)
     if frames < 1:
         raise ValueError(f"a decoder group needs >= 1 latent frame, got {frames}")
     if precision not in PRECISIONS:
@@ -171,7 +163,7 @@ def vae_decoder_descriptors(vae: VaeConfig, latent_height: int, latent_width: in
                             clamp: bool = True) -> dict[str, GraphDescriptor]:
     """The graphs that decode clips with `grouping`: first and next, plus every shorter group size when
     `short_groups` (needed only when a clip's length is not first + k * then)."""
-    grouping = _resolve_grouping(grouping)
+    grouping = resolve_grouping(grouping)
     keys = [(True, grouping.first), (False, grouping.then)]
     if short_groups:
         keys += [(True, n) for n in range(1, grouping.first)] + [(False, n) for n in range(1, grouping.then)]
@@ -201,7 +193,7 @@ def vae_decoder_graphs(vae: CogVideoXVae, latent_height: int, latent_width: int,
 # Streaming through runners.
 
 
-class ChunkedVaeDecoder:
+class ChunkedVaeDecoder(GroupedLatentBuffer):
     """`StreamingVaeDecoder` over stateless graphs: decodes a clip group by group through runners, feeding
     each group's caches to the next.
 
@@ -213,7 +205,7 @@ class ChunkedVaeDecoder:
 
     def __init__(self, graphs: Mapping[str, tuple[GraphDescriptor, Runner]],
                  grouping: Grouping | str = REFERENCE_GROUPING) -> None:
-        self.grouping = _resolve_grouping(grouping)
+        self.grouping = resolve_grouping(grouping)
         self._graphs: dict[tuple[bool, int], tuple[GraphDescriptor, Runner]] = {}
         for name, (descriptor, runner) in graphs.items():
             config = descriptor.config
@@ -244,17 +236,7 @@ class ChunkedVaeDecoder:
     def reset(self) -> None:
         """Forget the caches and any buffered frames; the next frame starts a new clip."""
         self._caches: dict[str, torch.Tensor] | None = None
-        self._pending: list[torch.Tensor] = []
-        self._groups_done = 0
-        self._like: torch.Tensor | None = None
-
-    @property
-    def buffered_frames(self) -> int:
-        """Latent frames received but not decoded yet."""
-        return sum(chunk.shape[2] for chunk in self._pending)
-
-    def _next_size(self) -> int:
-        return self.grouping.first if self._groups_done == 0 else self.grouping.then
+        self._reset_buffer()
 
     def _empty(self, like: torch.Tensor) -> torch.Tensor:
         batch, channels, _, height, width = self._first.shape(self._first.outputs[0])
@@ -289,16 +271,7 @@ class ChunkedVaeDecoder:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Take new latent frames (B, C, n, h, w); return the frames of every group completed (maybe none)."""
-        latents = self._check(latents)
-        self._like = latents[:, :, :0]
-        self._pending.append(latents)
-        outputs = []
-        while self.buffered_frames >= self._next_size():
-            pending = torch.cat(self._pending, dim=2)
-            size = self._next_size()
-            outputs.append(self._decode_group(pending[:, :, :size]))
-            self._pending = [pending[:, :, size:]] if pending.shape[2] > size else []
-        return torch.cat(outputs, dim=2) if outputs else self._empty(latents)
+        return self._decode_ready(self._check(latents))
 
     def flush(self) -> torch.Tensor:
         """Decode the buffered frames (if any) as the clip's last group, then start a new clip."""

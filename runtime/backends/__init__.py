@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -41,7 +42,7 @@ class BackendUnavailable(ValueError):
     """A backend, device or execution provider that cannot run here; the message says what can."""
 
 
-class Runner:
+class Runner(ABC):
     """One loaded graph. Subclasses implement `_infer` (inputs already checked) and `_release`.
 
     `backend_used`: what actually runs (backend, device, providers or plan, precision), for benchmark output.
@@ -76,14 +77,16 @@ class Runner:
     def __exit__(self, *exc) -> None:
         self.release()
 
+    @abstractmethod
     def _infer(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """The backend's inference: outputs in descriptor order."""
 
+    @abstractmethod
     def _release(self) -> None:
-        raise NotImplementedError
+        """Free what `load` allocated."""
 
 
-class Backend:
+class Backend(ABC):
     """A way to run graphs; constructed with its options by `get_backend(name, **options)`."""
 
     name: str = ""
@@ -93,9 +96,9 @@ class Backend:
         """None when the backend can run on this machine, else why not (what is missing)."""
         return None
 
+    @abstractmethod
     def load(self, descriptor: GraphDescriptor, artifact: Any) -> Runner:
         """Load `artifact` (torch: the graph module; onnxruntime: `<name>.onnx`; tensorrt: `<name>.plan`)."""
-        raise NotImplementedError
 
 
 def _backend_class(name: str) -> type[Backend]:

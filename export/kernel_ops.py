@@ -159,32 +159,10 @@ def custom_translation_table(aot: bool = True) -> dict:
 # Decomposed variant.
 
 
-class _FourDimAttention(torch.overrides.TorchFunctionMode):
-    """Runs `F.scaled_dot_product_attention` on more than 4 dims as 4-dim attention over the flattened
-    leading dims: the ONNX translation of SDPA (onnxscript torchlib) takes 4-dim q, k, v only, and a
-    reference may batch over frames too (frame_cross_attention: (B, F, H, N, Dh))."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.nn.functional.scaled_dot_product_attention and args[0].dim() > 4:
-            q, k, v = (t.reshape(-1, *t.shape[-3:]) for t in args[:3])  # (prod(lead), H, tokens, Dh)
-            out = func(q, k, v, *args[3:], **kwargs)
-            return out.reshape(*args[0].shape[:-3], *out.shape[-3:])
-        return func(*args, **kwargs)
-
-
-def _traceable(reference: Callable) -> Callable:
-    def decomposed(*args, **kwargs):
-        with _FourDimAttention():
-            return reference(*args, **kwargs)
-
-    return decomposed
-
-
 def decomposition_table() -> dict:
-    """`ExportedProgram.run_decompositions` table: every registered op -> its plain-torch reference (with
-    attention over more than 4 dims flattened to 4, which the ONNX translation needs)."""
-    return {fused.overload: _traceable(fused.reference) for fused in REGISTRY.values()}
+    """`ExportedProgram.run_decompositions` table: every registered op -> its plain-torch reference. (The
+    references attend in 4 dims, the only rank the ONNX translation of SDPA takes.)"""
+    return {fused.overload: fused.reference for fused in REGISTRY.values()}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import torch
 from environment import emit, machine, versions
 
 from hallo_rt import __version__
+from hallo_rt.engine.chunks import ChunkedGenerator, ChunkSettings
 from hallo_rt.engine.pipeline import load_pipeline
 from hallo_rt.engine.reference_image import prepare_reference
 from hallo_rt.engine.sampling import Conditioning, SamplerConfig, sample
@@ -50,10 +51,11 @@ def main() -> None:
     stages = {}
     stages["audio_features_s"], features = timed(lambda: extractor(waveform, clip_length=pipeline.clip_frames),
                                                  args.repeats)
-    motion = reference.image[:, :, None].expand(-1, -1, 2, -1, -1)
-    stages["conditioning_latent_s"], concat = timed(
-        lambda: pipeline._conditioning_latent(reference.image, motion, 0.1, g), args.repeats)
-    ref_latent = pipeline._encode(reference.face_image[:, :, None], g)
+    stream = ChunkedGenerator(pipeline, reference, torch.zeros(cfg.face_embed_dim),
+                              torch.zeros(cfg.text_len, cfg.text_dim), ChunkSettings(chunk_latents=cfg.latent_frames))
+    motion = stream.image[:, :, None].expand(-1, -1, 2, -1, -1)
+    stages["conditioning_latent_s"], concat = timed(lambda: stream.conditioning_latent(motion), args.repeats)
+    ref_latent = pipeline.encode(reference.face_image[:, :, None], g)
     stages["reference_bank_s"], bank = timed(lambda: pipeline.reference_net(ref_latent), args.repeats)
     cond = Conditioning(concat_latent=concat, text_embeds=torch.zeros(1, cfg.text_len, cfg.text_dim),
                         audio=features[None, :pipeline.clip_frames], face=torch.zeros(1, cfg.face_embed_dim),

@@ -12,6 +12,7 @@ hallo3 `dit_video_concat.py` `AdaLNMixin.layer_forward`:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,38 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2).unflatten(0, (B, Fr)).flatten(1, 2)  # (B, F*h*w, D)
 
 
+@dataclass(frozen=True)
+class ReferenceKV:
+    """The reference bank in the form every layer's attention consumes it: per layer, the bank tokens'
+    keys (through the layer's K projection and QK-LayerNorm) and values, each (B or 1, H, N_ref, Dh).
+
+    They depend only on the reference image, so a session computes them once (`HalloDiT.reference_kv`)
+    instead of projecting the bank at every layer of every step."""
+
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    def layer(self, index: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `index`'s (keys, values), broadcast to `batch` when computed for batch 1."""
+        k, v = self.keys[index], self.values[index]
+        if k.shape[0] == batch:
+            return k, v
+        return k.expand(batch, *k.shape[1:]), v.expand(batch, *v.shape[1:])
+
+    def repeat(self, times: int) -> "ReferenceKV":
+        """Batch repeated `times` over (for the two branches of classifier-free guidance)."""
+        return ReferenceKV(tuple(torch.cat([k] * times) for k in self.keys),
+                           tuple(torch.cat([v] * times) for v in self.values))
+
+
+BankInput = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+"""A layer's bank: raw tokens (B, N_ref, D), or their precomputed (keys, values), or None."""
+
+
 class JointAttention(nn.Module):
     """Full self-attention over [text | video | reference bank] with QK-LayerNorm; RoPE on video only.
 
@@ -79,11 +112,19 @@ class JointAttention(nn.Module):
         self.norm_k = nn.LayerNorm(config.head_dim, eps=config.qk_norm_eps)
         self.out = nn.Linear(D, D)
 
+    def bank_kv(self, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bank tokens (B, N_ref, D) -> this layer's (keys, values), each (B, H, N_ref, Dh); no RoPE."""
+        H, Dh = self.num_heads, self.head_dim
+        D = H * Dh
+        kv = F.linear(bank, self.qkv.weight[D:], self.qkv.bias[D:])  # (B, N_ref, 2D)
+        k_ref, v_ref = kv.unflatten(-1, (2, H, Dh)).permute(2, 0, 3, 1, 4)  # 2 x (B, H, N_ref, Dh)
+        return self.norm_k(k_ref), v_ref
+
     def forward(
         self, x: torch.Tensor, text_len: int, rope: tuple[torch.Tensor, torch.Tensor] | None,
-        bank: torch.Tensor | None,
+        bank: BankInput,
     ) -> torch.Tensor:
-        """x (B, L+S, D) modulated [text | video]; bank (B, N_ref, D). Returns (B, L+S, D)."""
+        """x (B, L+S, D) modulated [text | video]; bank (B, N_ref, D) or its `bank_kv`. Returns (B, L+S, D)."""
         H, Dh = self.num_heads, self.head_dim
         # 1. Q, K, V for text and video tokens, QK-LayerNorm per head.
         q, k, v = self.qkv(x).unflatten(-1, (3, H, Dh)).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L+S, Dh)
@@ -94,10 +135,8 @@ class JointAttention(nn.Module):
             k = torch.cat([k[:, :, :text_len], apply_rope(k[:, :, text_len:], *rope)], dim=2)
         # 3. Reference-bank keys and values through this layer's K/V projection, no RoPE.
         if bank is not None:
-            D = H * Dh
-            kv = F.linear(bank, self.qkv.weight[D:], self.qkv.bias[D:])  # (B, N_ref, 2D)
-            k_ref, v_ref = kv.unflatten(-1, (2, H, Dh)).permute(2, 0, 3, 1, 4)  # 2 x (B, H, N_ref, Dh)
-            k = torch.cat([k, self.norm_k(k_ref)], dim=2)
+            k_ref, v_ref = bank if isinstance(bank, tuple) else self.bank_kv(bank)
+            k = torch.cat([k, k_ref], dim=2)
             v = torch.cat([v, v_ref], dim=2)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, H, L+S, Dh)
         return self.out(out.transpose(1, 2).flatten(2))
@@ -151,7 +190,7 @@ class DiTBlock(nn.Module):
         rope_frame0: tuple[torch.Tensor, torch.Tensor] | None,
         face_tokens: torch.Tensor | None,  # (B, 1, M, Dc)
         audio_tokens: torch.Tensor | None,  # (B, F, M, Dc)
-        bank: torch.Tensor | None,  # (B, N_ref, D)
+        bank: BankInput,  # (B, N_ref, D) or its (keys, values)
         prepared: tuple | None = None,  # attention_input(text, video, emb), when the caller already has it
     ) -> tuple[torch.Tensor, torch.Tensor]:
         L = text.shape[1]
@@ -251,7 +290,7 @@ class HalloDiT(nn.Module):
         text_embeds: torch.Tensor,
         audio: torch.Tensor | None = None,
         face: torch.Tensor | None = None,
-        ref_bank: torch.Tensor | None = None,
+        ref_bank: "torch.Tensor | ReferenceKV | None" = None,
     ) -> torch.Tensor:
         """Predict v for one denoising step.
 
@@ -261,7 +300,8 @@ class HalloDiT(nn.Module):
         audio: (B, T_video, window, layers, dim) raw windowed audio features; None = zero features
             (the unconditional branch's input). T_video = 4F-3 (a clip starting at frame 0) or 4F.
         face: (B, face_embed_dim) raw face embedding; None = zeros (what the reference uses without a face).
-        ref_bank: (num_layers, B or 1, N_ref, D) from `ReferenceNet`; None = no reference tokens.
+        ref_bank: (num_layers, B or 1, N_ref, D) from `ReferenceNet`, or its `reference_kv`; None = no
+            reference tokens.
         Returns (B, F, C_out, H, W).
         """
         timestep, text_embeds, audio, face = check_dit_inputs(
@@ -269,6 +309,19 @@ class HalloDiT(nn.Module):
         )
         audio_tokens, face_tokens = self.condition_tokens(audio, face)
         return self.denoise(latents, timestep, text_embeds, audio_tokens, face_tokens, ref_bank)
+
+    @torch.no_grad()
+    def reference_kv(self, ref_bank: torch.Tensor, batch: int | None = None) -> ReferenceKV:
+        """The bank (num_layers, B or 1, N_ref, D) as every layer's attention consumes it (`ReferenceKV`).
+
+        `batch`: the denoiser batch it will serve (2 with classifier-free guidance); the projection then
+        runs on the bank broadcast to that batch, as `denoise` does with a raw bank, so the result is bit
+        for bit the same (a batch-1 GEMM rounds differently from a broadcast one in bf16)."""
+        bank = ref_bank.to(self.dtype)
+        if batch is not None:
+            bank = bank.expand(bank.shape[0], batch, *bank.shape[2:])
+        pairs = [block.attn.bank_kv(bank[i]) for i, block in enumerate(self.blocks)]
+        return ReferenceKV(tuple(k for k, _ in pairs), tuple(v for _, v in pairs))
 
     def condition_tokens(
         self, audio: torch.Tensor | None, face: torch.Tensor | None
@@ -286,7 +339,7 @@ class HalloDiT(nn.Module):
         text_embeds: torch.Tensor,  # (B, L, text_dim)
         audio_tokens: torch.Tensor | None,  # (B, F, M, Dc) from `condition_tokens`
         face_tokens: torch.Tensor | None,  # (B, M, Dc)
-        ref_bank: torch.Tensor | None,  # (num_layers, B or 1, N_ref, D)
+        ref_bank: "torch.Tensor | ReferenceKV | None",  # (num_layers, B or 1, N_ref, D) or its reference_kv
     ) -> torch.Tensor:
         """The transformer on projected condition tokens: what `forward` runs after `condition_tokens`
         (and the exported denoiser step graph). Returns (B, F, C_out, H, W)."""
@@ -300,7 +353,10 @@ class HalloDiT(nn.Module):
         face_tokens = face_tokens[:, None] if face_tokens is not None else None  # (B, 1, M, Dc): all frames
         # 3. Blocks.
         for i, block in enumerate(self.blocks):
-            bank = ref_bank[i].expand(B, -1, -1) if ref_bank is not None else None
+            if isinstance(ref_bank, ReferenceKV):
+                bank = ref_bank.layer(i, B)
+            else:
+                bank = ref_bank[i].expand(B, -1, -1) if ref_bank is not None else None
             text, video = block(text, video, emb, Fr, rope, rope_frame0, face_tokens, audio_tokens, bank)
         # 4. Final norm, modulated output layer, unpatchify.
         out = self.final_layer(self.norm_final(video), emb)  # (B, F*h*w, C_out*p*p)

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .chunks import ChunkedGenerator, ChunkSettings, pad_frames
 from .dit import HalloDiT
 from .reference import ReferenceNet
 from .reference_image import PreparedReference
-from .sampling import Conditioning, SamplerConfig, sample
+from .sampling import SamplerConfig
 from .validation import InputError
 from .vae import CogVideoXVae
 
@@ -58,20 +59,6 @@ def clip_count(frames: int, clip_frames: int, motion_frames: int) -> int:
     return math.ceil(frames / (clip_frames - motion_frames))
 
 
-def clip_audio(features: torch.Tensor, clip: int, prefix: torch.Tensor, clip_frames: int,
-               motion_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The audio of one clip and the prefix for the next (sample_video L360-371).
-
-    A clip sees the previous clip's last `motion_frames` audio frames (zeros for the first), then its new
-    frames; a short last clip is padded by repeating its last frame."""
-    new = clip_frames - motion_frames
-    chunk = torch.cat([prefix, features[clip * new:(clip + 1) * new]], dim=0)
-    next_prefix = chunk[-motion_frames:]
-    if chunk.shape[0] < clip_frames:
-        chunk = torch.cat([chunk, next_prefix[-1:].expand(clip_frames - chunk.shape[0], *chunk.shape[1:])])
-    return chunk, next_prefix
-
-
 class Hallo3Pipeline:
     """Denoiser + reference network + VAE: reference image, audio features, face and text -> video frames."""
 
@@ -94,22 +81,10 @@ class Hallo3Pipeline:
         """Pixel frames per clip (49 for 13 latent frames)."""
         return 1 + (self.dit.config.latent_frames - 1) * self.vae.config.temporal_compression
 
-    def _encode(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def encode(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Pixels (1, 3, T, H, W) -> scaled latents (1, F, C, h, w), a posterior sample as in SAT."""
         latents = self.vae.encode(frames.to(self.vae.device), sample=True, generator=generator)
         return (latents * self.vae.config.scaling_factor).permute(0, 2, 1, 3, 4).to(self.dit.dtype)
-
-    def _conditioning_latent(self, image: torch.Tensor, motion: torch.Tensor, mask_rate: float,
-                             generator: torch.Generator) -> torch.Tensor:
-        """[reference, motion frames with random pixel dropout] -> one latent frame, then zero frames
-        (sample_video L256-263 and L413-419; `add_mask_to_first_frame` L189-200)."""
-        height, width = motion.shape[-2:]
-        # compared in the frames' dtype, as the reference does (in bf16, 0.1 itself rounds to 0.10009765625)
-        keep = torch.rand((height, width), generator=generator, device=generator.device).to(motion.dtype) > mask_rate
-        masked = motion * keep.to(motion.device, motion.dtype)
-        first = self._encode(torch.cat([image[:, :, None], masked], dim=2), generator)  # (1, 1, C, h, w)
-        zeros = first.new_zeros(1, self.dit.config.latent_frames - first.shape[1], *first.shape[2:])
-        return torch.cat([first, zeros], dim=1)
 
     @torch.no_grad()
     def generate(
@@ -131,60 +106,43 @@ class Hallo3Pipeline:
         (default: all feature frames). Clips whose frames would all be trimmed are not generated (the
         reference generates and discards them; earlier clips do not depend on them).
         face_embedding (face_embed_dim,) or (1, ...); text_embeds (text_len, text_dim) or (1, ...)."""
-        cfg, dtype = self.dit.config, self.dit.dtype
-        device = self.dit.device
+        cfg = self.dit.config
         expected = (cfg.audio_window, cfg.audio_layers, cfg.audio_dim)
         if audio_features.ndim != 4 or tuple(audio_features.shape[1:]) != expected or audio_features.shape[0] < 1:
             raise InputError(f"audio features must be (frames >= 1, {', '.join(map(str, expected))}), "
                              f"got {tuple(audio_features.shape)}")
-        generator = generator or torch.Generator().manual_seed(0)
         length = audio_features.shape[0] if num_frames is None else num_frames
         if not 1 <= length <= audio_features.shape[0]:
             raise InputError(f"num_frames must be in 1..{audio_features.shape[0]} (the audio feature frames), "
                              f"got {num_frames}")
-        clip_frames = self.clip_frames
-        clips = clip_count(length, clip_frames, motion.motion_frames)
-        face = face_embedding.reshape(1, -1).to(device, dtype)
-        text = text_embeds.reshape(1, *text_embeds.shape[-2:]).to(device, dtype)
-        features = audio_features.to(device, dtype)
-        image = reference.image.to(self.vae.device, self.vae.dtype)
-
-        # 1. first clip's motion frames are the reference image itself; the bank is computed once
-        motion_pixels = image[:, :, None].expand(-1, -1, motion.motion_frames, -1, -1)
-        concat = self._conditioning_latent(image, motion_pixels, motion.mask_rate, generator)
-        ref_latent = self._encode(reference.face_image.to(image)[:, :, None], generator)
-        bank = self.reference_net(ref_latent.to(device))
-        prefix = features.new_zeros(motion.motion_frames, *features.shape[1:])
+        settings = ChunkSettings(chunk_latents=cfg.latent_frames, motion="pixel",
+                                 motion_frames=motion.motion_frames, mask_rate=motion.mask_rate)
+        # 1. what never changes: first conditioning latent, reference bank (once per video, not per clip)
+        stream = ChunkedGenerator(self, reference, face_embedding, text_embeds, settings, sampler, generator)
+        new = stream.new_frames()
+        clips = clip_count(length, settings.clip_frames, motion.motion_frames)
         emitted = 0
         for clip in range(clips):
-            # 2. denoise one clip
-            audio, prefix = clip_audio(features, clip, prefix, clip_frames, motion.motion_frames)
-            cond = Conditioning(concat_latent=concat.to(device), text_embeds=text, audio=audio[None],
-                                face=face, ref_bank=bank)
+            # 2. denoise one clip on its new audio frames (a short last clip repeats its last frame)
+            features = pad_frames(audio_features[clip * new:(clip + 1) * new], new)
             step_progress = (lambda step, steps, c=clip: progress(c, clips, step, steps)) if progress else False
-            latents = sample(self.dit, cond, sampler, generator=generator, progress=step_progress)
-            # 3. decode with the reference grouping; frames to [0, 1] as the reference does before reuse
-            # multiply by the reciprocal, as the reference does (x / s and x * (1 / s) round differently)
-            pixels = self.vae.decode(latents.permute(0, 2, 1, 3, 4) * (1.0 / self.vae.config.scaling_factor))
-            pixels = ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0)  # (1, 3, T, H, W)
-            # 4. the last frames condition the next clip
-            if clip + 1 < clips:
-                # cast first, then map to [-1, 1], in the reference's order (L415-416): differs in bf16
-                motion_pixels = pixels[:, :, -motion.motion_frames:].to(self.vae.dtype) * 2 - 1
-                concat = self._conditioning_latent(image, motion_pixels, motion.mask_rate, generator)
-            # 5. emit the new frames, trimmed to the audio length
-            new = pixels[0, :, motion.motion_frames:][:, :length - emitted]
-            emitted += new.shape[1]
-            yield _to_uint8(new, reference.crop)
+            latents = stream.denoise(features, progress=step_progress)
+            # 3. decode; the last frames condition the next clip; emit the new frames, trimmed to the audio
+            frames = stream.decode(latents)[:, :length - emitted]  # (3, T, H, W) in [-1, 1]
+            emitted += frames.shape[1]
+            yield to_uint8(frames, reference.crop)
 
 
-def _to_uint8(frames: torch.Tensor, crop: tuple[int, int] | None) -> torch.Tensor:
-    """(3, T, H, W) in [0, 1] -> uint8 (T, H, W', 3). Truncation, not rounding, as the reference writes
-    `(255.0 * frame).astype(np.uint8)` (sample_video L99)."""
+def to_uint8(frames: torch.Tensor, crop: tuple[int, int] | None = None) -> torch.Tensor:
+    """Decoded frames (3, T, H, W) in [-1, 1] -> uint8 (T, H, W', 3) on the CPU, cropped to (left, width).
+
+    As the reference: to [0, 1] in fp32 and clamped (sample_video L409), then truncated, not rounded, as it
+    writes `(255.0 * frame).astype(np.uint8)` (L99)."""
     if crop is not None:
         left, size = crop
         frames = frames[..., left:left + size]
-    return (frames * 255.0).to(torch.uint8).permute(1, 2, 3, 0).contiguous().cpu()
+    unit = ((frames.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+    return (unit * 255.0).to(torch.uint8).permute(1, 2, 3, 0).contiguous().cpu()
 
 
 def _find_component(model: Path, explicit: str | Path | None, candidates: list[Path], what: str, flag: str):

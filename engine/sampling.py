@@ -24,7 +24,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from .dit import HalloDiT
+from .dit import HalloDiT, ReferenceKV
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,8 @@ class Conditioning:
     """(B, T_video, window, layers, dim) raw windowed features, or None."""
     face: torch.Tensor | None = None
     """(B, face_embed_dim), or None."""
-    ref_bank: torch.Tensor | None = None
-    """(num_layers, B or 1, N_ref, D), or None."""
+    ref_bank: torch.Tensor | ReferenceKV | None = None
+    """(num_layers, B or 1, N_ref, D), its precomputed `ReferenceKV`, or None."""
 
 
 class GuidedDenoiser:
@@ -138,7 +138,11 @@ class GuidedDenoiser:
             self.audio = torch.cat([torch.zeros_like(audio), audio])
         self.face = torch.cat([cond.face.expand(B, -1)] * 2) if cond.face is not None else None
         bank = cond.ref_bank
-        self.bank = bank if bank is None or bank.shape[1] == 1 else torch.cat([bank, bank], dim=1)
+        bank_batch = None if bank is None else bank.batch if isinstance(bank, ReferenceKV) else bank.shape[1]
+        if bank_batch in (None, 1, 2 * B):
+            self.bank = bank  # batch 1 broadcasts over both branches; 2B was computed for them
+        else:
+            self.bank = bank.repeat(2) if isinstance(bank, ReferenceKV) else torch.cat([bank, bank], dim=1)
 
     def snap(self, alpha: float) -> float:
         """The 1000-step table entry nearest to `alpha` (SAT `DiscreteDenoiser.possibly_quantize_sigma`)."""

@@ -107,7 +107,11 @@ def check_dit_inputs(model: "HalloDiT", latents, timestep, text_embeds, audio, f
     elif face is not None:
         raise InputError("face was given but this model has no face cross-attention")
 
-    if ref_bank is not None:
+    if ref_bank is not None and hasattr(ref_bank, "keys"):  # a precomputed ReferenceKV
+        if len(ref_bank.keys) != cfg.num_layers or ref_bank.batch not in (1, B):  # B: computed for this batch
+            raise InputError(f"reference K/V must have {cfg.num_layers} layers and batch {B} or 1, got "
+                             f"{len(ref_bank.keys)} layers and batch {ref_bank.batch}")
+    elif ref_bank is not None:
         ref_bank = _check_tensor("ref_bank", ref_bank, 4, dtype, device)
         if ref_bank.shape[0] != cfg.num_layers or ref_bank.shape[3] != cfg.hidden_dim:
             raise InputError(

@@ -81,7 +81,9 @@ class FusedDiTBlock(nn.Module):
                                      attn.norm_k.bias, cos, sin, text_len, attn.norm_q.eps)  # (B, H, L+S, Dh) x2
         v = qkv[:, :, 2].transpose(1, 2)  # (B, H, L+S, Dh), a strided view
         k_bank = v_bank = None
-        if bank is not None:  # the bank's K/V through this layer's projection, read from their own buffer
+        if isinstance(bank, tuple):  # precomputed once per reference (ReferenceKV)
+            k_bank, v_bank = bank
+        elif bank is not None:  # the bank's K/V through this layer's projection, read from their own buffer
             D = H * Dh
             kv = F.linear(bank, attn.qkv.weight[D:], attn.qkv.bias[D:]).unflatten(-1, (2, H, Dh))  # (B, Nb, 2, H, Dh)
             k_bank = attn.norm_k(kv[:, :, 0]).transpose(1, 2)  # (B, H, Nb, Dh)

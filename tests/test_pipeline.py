@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from hallo_rt.engine import load_dit, load_reference_net, load_vae
 from hallo_rt.engine.config import TINY, VaeConfig
-from hallo_rt.engine.pipeline import Hallo3Pipeline, MotionConfig, clip_audio, clip_count
+from hallo_rt.engine.chunks import PixelMotion, pad_frames
+from hallo_rt.engine.pipeline import Hallo3Pipeline, MotionConfig, clip_count
 from hallo_rt.engine.reference_image import box_mask, prepare_reference
 from hallo_rt.engine.sampling import Conditioning, SamplerConfig, sample
 from hallo_rt.engine.validation import InputError
@@ -170,13 +171,17 @@ def test_pipeline_refuses_a_backbone_without_audio():
 
 # --- pieces -------------------------------------------------------------------------------------------
 
-def test_clip_audio_prefix_and_padding():
+def test_pixel_motion_audio_prefix_and_padding():
+    """Each clip sees the previous clip's last 2 audio frames (zeros first), then its new frames; a short
+    last clip repeats its last frame (sample_video L360-371)."""
     features = torch.arange(20.0)[:, None, None, None].expand(20, 1, 1, 1)
-    first, prefix = clip_audio(features, 0, torch.full((2, 1, 1, 1), -1.0), clip_frames=9, motion_frames=2)
-    assert first.flatten().tolist() == [-1, -1, 0, 1, 2, 3, 4, 5, 6]
-    second, prefix = clip_audio(features, 1, prefix, clip_frames=9, motion_frames=2)
+    motion = PixelMotion.__new__(PixelMotion)  # only the audio bookkeeping, no model
+    motion.settings, motion._prefix = type("S", (), {"motion_frames": 2})(), None
+    first = motion.denoiser_audio(0, pad_frames(features[0:7], 7))
+    assert first.flatten().tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6]
+    second = motion.denoiser_audio(1, pad_frames(features[7:14], 7))
     assert second.flatten().tolist() == [5, 6, 7, 8, 9, 10, 11, 12, 13]
-    last, _ = clip_audio(features, 2, prefix, clip_frames=9, motion_frames=2)
+    last = motion.denoiser_audio(2, pad_frames(features[14:21], 7))
     # 14..19 are new; the short clip repeats its last frame
     assert last.flatten().tolist() == [12, 13, 14, 15, 16, 17, 18, 19, 19]
 

@@ -5,3 +5,12 @@ Subpackages: `hallo_rt.engine` (model, weights, samplers), `hallo_rt.kernels`, `
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `hallo_rt.Engine` without importing torch and the models on `import hallo_rt`.
+    if name == "Engine":
+        from .runtime.api import Engine
+
+        return Engine
+    raise AttributeError(f"module 'hallo_rt' has no attribute {name!r}")

@@ -66,7 +66,7 @@ class ChunkSettings:
             # apart only in an odd first group); F = 1 would leave no frame beyond the motion frames
             raise ValueError(f"pixel motion needs an odd chunk_latents >= 3 (clips of 4F - 3 frames, as "
                              f"Hallo3's 13), got {self.chunk_latents}; use motion='latent' for other lengths")
-        if self.motion_frames < 1 or 4 * self.chunk_latents - 3 <= self.motion_frames:
+        if self.motion_frames < 1 or (self.motion == "pixel" and self.clip_frames <= self.motion_frames):
             raise ValueError(f"motion_frames must be in 1..{4 * self.chunk_latents - 4}, got {self.motion_frames}")
         if not 0.0 <= self.mask_rate < 1.0:
             raise ValueError(f"mask_rate must be in [0, 1), got {self.mask_rate}")

@@ -320,6 +320,24 @@ def check_writable(out_path: str | os.PathLike) -> Path:
     return p
 
 
+def tag_bt709(codec_context) -> None:
+    """Tag an H.264 encoder's output as BT.709 limited range: the matrix `bt709_yuv420p_frame` converts with,
+    so players and probe() invert the same one."""
+    from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
+
+    codec_context.colorspace, codec_context.color_range = Colorspace.ITU709, ColorRange.MPEG
+    codec_context.color_primaries, codec_context.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
+
+
+def bt709_yuv420p_frame(image: np.ndarray):
+    """(H, W, 3) uint8 RGB, H and W even -> an av.VideoFrame in yuv420p, BT.709 limited range."""
+    import av
+    from av.video.reformatter import ColorRange, Colorspace
+
+    rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    return rgb.reformat(format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
+
+
 class Mp4Writer:
     """Write RGB frames to an MP4: H.264 (libx264, yuv420p, BT.709 limited range) at exactly `fps`, plus, if
     `audio_path` is given, that file's whole audio re-encoded to AAC (its rate if AAC has it, else 48 kHz; mono
@@ -374,17 +392,12 @@ class Mp4Writer:
             audio.close()
 
     def _add_video_stream(self, crf: int, preset: str):
-        from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
-
         stream = self._container.add_stream("libx264", rate=self.fps)
         stream.width, stream.height, stream.pix_fmt = self.encoded_width, self.encoded_height, "yuv420p"
         stream.codec_context.time_base = 1 / self.fps  # pts = frame index: exactly `fps`, no drift
         # crf 18 is visually lossless for x264; veryfast keeps encoding far below the model's cost per frame.
         stream.options = {"crf": str(crf), "preset": preset}
-        # Tag what write() converts with, so players and probe() invert the same matrix.
-        ctx = stream.codec_context
-        ctx.colorspace, ctx.color_range = Colorspace.ITU709, ColorRange.MPEG
-        ctx.color_primaries, ctx.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
+        tag_bt709(stream.codec_context)
         return stream
 
     def __enter__(self) -> Mp4Writer:
@@ -399,9 +412,6 @@ class Mp4Writer:
 
     def write(self, frames: np.ndarray) -> None:
         """Encode uint8 RGB frames, (T, H, W, 3) or one (H, W, 3), H and W as given to the constructor."""
-        import av
-        from av.video.reformatter import ColorRange, Colorspace
-
         if self._state != "open":
             raise ValueError(f"Mp4Writer for {str(self.out_path)!r} is already {self._state}")
         arr = np.asarray(frames)
@@ -416,8 +426,7 @@ class Mp4Writer:
         if any(after for _, after in pad):
             arr = np.pad(arr, pad, mode="edge")
         for image in arr:
-            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            frame = rgb.reformat(format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
+            frame = bt709_yuv420p_frame(image)
             frame.pts, frame.time_base = self.frames_written, 1 / self.fps
             self._container.mux(self._video.encode(frame))
             self.frames_written += 1

@@ -10,5 +10,18 @@ extras="${1:-}"
 .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 'torch ' + torch.__version__ + ' is not 2.13.0')"
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
+# The microphone source needs PyAudio (extra "mic"); "dev" gets it too, since its tests record from a virtual
+# ALSA device. PyAudio builds from source on Linux against PortAudio's headers (Debian: portaudio19-dev).
+[[ ",$extras," == *,dev,* && ",$extras," != *,mic,* ]] && spec=".[$extras,mic]"
+if [[ "$spec" == *mic* ]] && command -v dpkg >/dev/null && ! dpkg -s portaudio19-dev >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      portaudio19-dev >/dev/null
+  else
+    echo "setup: PyAudio (extra 'mic') needs PortAudio's headers: run 'sudo apt-get install portaudio19-dev'," \
+      "then this script again" >&2
+    exit 1
+  fi
+fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
 .venv/bin/python -c "import hallo_rt.engine" && echo "setup: .venv ready (extras: ${extras:-none})"

@@ -91,13 +91,7 @@ class Engine:
     def settings_for(self, **overrides: Any) -> tuple[ChunkSettings, SamplerConfig, StreamSettings]:
         """The (chunk, sampler, stream) settings a session with these overrides uses."""
         _check_settings(overrides)
-        merged = {**self.defaults, **overrides}
-        chunk = ChunkSettings(chunk_latents=merged.pop("chunk_latents"), motion=merged.pop("motion"),
-                              **{k: merged.pop(k) for k in ("motion_frames", "mask_rate", "motion_latents")
-                                 if k in merged})
-        sampler = SamplerConfig(kind=merged.pop("sampler", "dpmpp2m_sde"), steps=merged.pop("steps"),
-                                cfg_scale=merged.pop("cfg"))
-        return chunk, sampler, StreamSettings(**merged)
+        return resolve_settings({**self.defaults, **overrides})
 
     def session(self, image, face_embedding=None, text_embeds=None, seed: int = 0,
                 face_mask: torch.Tensor | None = None, **overrides: Any) -> Session:
@@ -114,7 +108,7 @@ class Engine:
         array = _as_image(image)
         face = _as_tensor(face_embedding, (cfg.face_embed_dim,), "face_embedding")
         if face is None:
-            warnings.warn("no face embedding given: using zeros (identity suffers); pass face_embedding=",
+            warnings.warn("no face embedding given: using zeros (identity suffers)",
                           stacklevel=2)
             face = torch.zeros(cfg.face_embed_dim)
         text = _as_tensor(text_embeds, (cfg.text_len, cfg.text_dim), "text_embeds")
@@ -158,9 +152,22 @@ _KNOWN = ({"steps", "cfg", "sampler", "chunk_latents", "motion", "motion_frames"
 
 
 def _check_settings(settings: dict) -> None:
+    """Known names, and values that make valid settings (checked before any model loads)."""
     unknown = sorted(set(settings) - _KNOWN)
     if unknown:
         raise TypeError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}")
+    resolve_settings({**STREAM_DEFAULTS, **settings})
+
+
+def resolve_settings(merged: dict) -> tuple[ChunkSettings, SamplerConfig, StreamSettings]:
+    """Flat keyword settings -> (ChunkSettings, SamplerConfig, StreamSettings); bad values raise ValueError."""
+    merged = dict(merged)
+    chunk = ChunkSettings(chunk_latents=merged.pop("chunk_latents"), motion=merged.pop("motion"),
+                          **{k: merged.pop(k) for k in ("motion_frames", "mask_rate", "motion_latents")
+                             if k in merged})
+    sampler = SamplerConfig(kind=merged.pop("sampler", "dpmpp2m_sde"), steps=merged.pop("steps"),
+                            cfg_scale=merged.pop("cfg"))
+    return chunk, sampler, StreamSettings(**merged)
 
 
 def _as_image(image) -> np.ndarray:

@@ -1,6 +1,7 @@
 """`hallo-rt` command line.
 
     hallo-rt generate --image IMG --audio AUDIO --out OUT.mp4 [...]  a talking-head video, offline
+    hallo-rt stream --image IMG (--audio F | --mic) (--out O | --play)  the same, live, as a stream
     hallo-rt denoise [--model tiny] [--steps 50] [--cfg 3.5] ...     one clip of denoising, with timings
     hallo-rt convert SRC --out DST [--dtype ...]                       SAT / diffusers -> hallo-rt format
     hallo-rt info MODEL                                                config, hash and parameter counts
@@ -192,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: as stored")
     p.set_defaults(func=_cmd_convert)
 
+    from .stream_cmd import add_stream_command
+
+    add_stream_command(sub)
+
     from .export_cmd import add_export_command
 
     add_export_command(sub)
@@ -212,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (WeightsError, InputError, ValueError, FileNotFoundError) as err:
+    except (WeightsError, InputError, ValueError, FileNotFoundError, ImportError) as err:
         print(f"hallo-rt: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

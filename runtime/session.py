@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from .frame import Frame
+from .streaming_features import DEFAULT_CONTEXT_FRAMES, DEFAULT_LOOKAHEAD_FRAMES
 from .stages import _END, Lanes, StageWorkers, _Stopped
 
 if TYPE_CHECKING:
@@ -64,11 +65,11 @@ class StreamSettings:
     offline_features: bool = False
     """Wait for `end_audio()` and compute features on the whole file (Hallo3's offline features)."""
 
-    lookahead_frames: int = 2
-    """Encoder lookahead beyond a frame, in frames (+ the feature window's 2), streaming features only."""
+    lookahead_frames: int = DEFAULT_LOOKAHEAD_FRAMES
+    """Encoder lookahead after a frame's +-2 feature window, in frames (4 = 160 ms, 240 ms in all)."""
 
-    context_frames: int = 50
-    """Past audio the encoder sees before a frame, in frames, streaming features only."""
+    context_frames: int = DEFAULT_CONTEXT_FRAMES
+    """Past audio the encoder sees before a block's window, in frames (50 = 2 s)."""
 
     backpressure: Literal["wait", "drop"] = "wait"
     """What a full output queue does: block the pipeline, or drop the oldest frame (counted)."""

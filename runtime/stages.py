@@ -16,9 +16,9 @@ import torch
 
 from hallo_rt.engine.audio_features import video_frame_count
 from hallo_rt.engine.chunks import pad_frames
-from hallo_rt.engine.pipeline import to_uint8
 
 from .frame import SAMPLES_PER_FRAME, VIDEO_FPS, Frame
+from .frame_convert import to_rgb8
 
 _END = object()
 """End of stream marker, passed down the stages after the last chunk."""
@@ -319,7 +319,7 @@ class StageWorkers:
     def _to_host(self, pixels: torch.Tensor, event) -> torch.Tensor:
         """(3, T, H, W) in [-1, 1] -> uint8 (T, H, W', 3) on the CPU, converted where the pixels are."""
         if not self._lanes.cuda:
-            return to_uint8(pixels, self._crop)
+            return to_rgb8(pixels, self._crop)
         self._lanes.wait("copy", event, pixels)
         with self._lanes.on("copy"):
             device_rgb = self._device_rgb(pixels)
@@ -332,12 +332,7 @@ class StageWorkers:
     def _device_rgb(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 frames on the GPU: the native kernel when it is built, else the same arithmetic in torch."""
         native = self.engine._native_frames()
-        if native is not None:
-            return native.to_rgb8(pixels, self._crop)
-        unit = ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0)
-        if self._crop is not None:
-            unit = unit[..., self._crop[0]:self._crop[0] + self._crop[1]]
-        return (unit * 255.0).to(torch.uint8).permute(1, 2, 3, 0).contiguous()
+        return (native.to_rgb8 if native is not None else to_rgb8)(pixels, self._crop)
 
     def _emit(self, frame: Frame, source: _FrameInput) -> None:
         s = self.settings

@@ -143,7 +143,7 @@ def test_ten_minutes_without_drift():
         session.push_audio(stereo[position:], rate)
         resampled += [reference.push(stereo[position:], rate), reference.flush()]
         session.end_audio()
-        count, checked = 0, 0
+        count = 0
         expected = np.concatenate(resampled)
         expected16 = np.clip(np.rint(expected * 32768), -32768, 32767).astype(np.int16)
         for frame in session:

@@ -126,12 +126,13 @@ def audio_encoder_descriptor(layers: int, dim: int, precision: str = "fp32", cli
     """Normalised 16 kHz audio padded to whole clips (`AudioFeatureExtractor.prepare`) -> hidden states
     at 25 fps, up to `max_clips` clips of `clip_frames` frames."""
     samples = clip_frames * SAMPLES_PER_VIDEO_FRAME
+    # down to 2 frames: a streaming session's first feature windows are a few frames long (streaming_features)
     return GraphDescriptor(
         "audio_encoder",
         (TensorSpec("waveform", (1, "samples")), TensorSpec("frame_grid", (1, "audio_frames"), "float32")),
         (TensorSpec("hidden_states", (1, "audio_frames", layers, dim)),),
-        (("samples", (samples // 2, samples, max_clips * samples)),
-         ("audio_frames", (clip_frames // 2, clip_frames, max_clips * clip_frames))),
+        (("samples", (2 * SAMPLES_PER_VIDEO_FRAME, samples, max_clips * samples)),
+         ("audio_frames", (2, clip_frames, max_clips * clip_frames))),
         precision, {"layers": layers, "dim": dim, "clip_frames": clip_frames},
     )
 

@@ -105,6 +105,11 @@ class Engine:
 
         chunk, sampler, stream = self.settings_for(**overrides)
         cfg = self.pipeline.dit.config
+        if self.backend_used.get("backend") != "torch" and chunk.chunk_latents != cfg.latent_frames:
+            # the exported denoiser and condition graphs have the model's clip length built in
+            raise ValueError(f"backend {self.backend_used['backend']!r} runs graphs exported for "
+                             f"{cfg.latent_frames}-latent-frame clips: use chunk_latents={cfg.latent_frames}, "
+                             f"or backend='torch' for {chunk.chunk_latents}-latent chunks")
         array = _as_image(image)
         face = _as_tensor(face_embedding, (cfg.face_embed_dim,), "face_embedding")
         if face is None:

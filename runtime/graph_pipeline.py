@@ -62,9 +62,17 @@ class GraphReferenceNet:
 class GraphVae:
     """`encode`/`decode` of `CogVideoXVae` through the encoder and decoder-chunk graphs."""
 
-    def __init__(self, config, dtype, device, encoders: dict[int, object], decoder):
+    def __init__(self, config, dtype, device, encoders: dict[int, object], decoder, decoder_graphs=None):
         self.config, self.dtype, self.device = config, dtype, device
         self.encoders, self.decoder = encoders, decoder
+        self.decoder_graphs = decoder_graphs or {}
+
+    def stream_decoder(self, grouping):
+        """A new streaming decoder (its own caches) over the exported decoder-group graphs; a grouping the
+        export has no graphs for is an error naming them (export with that grouping)."""
+        from hallo_rt.export.vae_graphs import ChunkedVaeDecoder
+
+        return ChunkedVaeDecoder(self.decoder_graphs, grouping)
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None):
@@ -189,7 +197,7 @@ def graph_pipeline(pipeline: Hallo3Pipeline, extractor, backend: str, artifacts_
     encoders = {graphs[n][0].config["frames"]: runners[n] for n in graphs if n.startswith("vae_encoder_t")}
     decoder_graphs = {n: (graphs[n][0], runners[n]) for n in graphs if n.startswith("vae_decoder")}
     decoder = ChunkedVaeDecoder(decoder_graphs, "reference")
-    graph_vae = GraphVae(vae.config, vae.dtype, vae.device, encoders, decoder)
+    graph_vae = GraphVae(vae.config, vae.dtype, vae.device, encoders, decoder, decoder_graphs)
     fused = Hallo3Pipeline(denoiser, GraphReferenceNet(runners["reference"]), graph_vae)
     encoder = extractor.encoder
     audio = GraphAudioEncoder(encoder.config, encoder.dtype, encoder.device, runners["audio_encoder"])

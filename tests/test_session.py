@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 
@@ -294,3 +295,22 @@ def test_a_failing_stream_reports_releases_and_spares_the_others(parts):
     assert len(list(healthy)) == 20
     healthy.close()
     broken.close()
+
+
+def test_onnxruntime_backend_streams_like_torch(parts, tmp_path, monkeypatch):
+    """The exported graphs plug into a session: same frames as torch within one uint8 level."""
+    pytest.importorskip("onnxruntime")
+    from hallo_rt.runtime.graph_pipeline import graph_pipeline
+
+    monkeypatch.setenv("HALLO_RT_CACHE", str(tmp_path))
+    audio = _speech(0.8, seed=6)
+    frames = {}
+    graph, graph_extractor, used = graph_pipeline(*parts, "onnxruntime", quiet=True)
+    for name, engine in (("torch", Engine.from_pipeline(*parts)),
+                         ("onnxruntime", Engine.from_pipeline(graph, graph_extractor, used))):
+        with engine.session(_image(), face_embedding=np.zeros(512), chunk_latents=13, steps=1, idle=False) as s:
+            frames[name] = np.stack([f.image for f in _run(s, audio)]).astype(int)
+        with pytest.raises(ValueError, match="chunk_latents=13") if name == "onnxruntime" else contextlib.nullcontext():
+            engine.session(_image(), chunk_latents=3).close()
+    assert frames["torch"].shape == (20, 32, 32, 3)
+    assert np.abs(frames["torch"] - frames["onnxruntime"]).max() <= 1

@@ -144,7 +144,13 @@ def _stream(args, engine, session, source, load_s: float) -> int:
     try:
         feeder.start()
         for frame in session:
-            sink.write(frame)
+            try:
+                sink.write(frame)
+            except RuntimeError:
+                if not args.play:
+                    raise
+                print("\nhallo-rt: the player window was closed; stopping", file=sys.stderr)
+                break
             frames += 1
             now = time.perf_counter()
             if not args.quiet and now - last_print >= 0.5:
@@ -178,6 +184,9 @@ def _stream(args, engine, session, source, load_s: float) -> int:
         "stage_s": {k: round(v, 3) for k, v in stats["stage_s"].items()}, **engine.describe(),
         "seed": args.seed,
     }
+    for name in ("dropped_samples", "overflows"):  # the microphone's own losses, if any
+        if hasattr(source, name):
+            summary[f"mic_{name}"] = getattr(source, name)
     if not args.quiet:
         print(file=sys.stderr)
     if args.json:

@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import subprocess
+from abc import ABC, abstractmethod
 from fractions import Fraction
 from typing import Callable
 
@@ -62,7 +63,7 @@ def _size(width: int | None, height: int | None) -> tuple[int | None, int | None
     return width, height
 
 
-class _FrameSink:
+class _FrameSink(ABC):
     """What every sink shares: frame checks, index bookkeeping and the open -> closed | aborted lifecycle.
     Subclasses implement `_start()` (once the frame size is known), `_encode()`, `_finish()` and `_discard()`."""
 
@@ -155,17 +156,21 @@ class _FrameSink:
             self.abort()
         return False
 
+    @abstractmethod
     def _start(self) -> None:
-        raise NotImplementedError
+        """Open the encoder and output once the frame size is known."""
 
+    @abstractmethod
     def _encode(self, image: np.ndarray, position: int, audio: np.ndarray | None, gap: int) -> None:
-        raise NotImplementedError
+        """Encode one frame at `position` (after `gap` skipped frames) with its audio."""
 
+    @abstractmethod
     def _finish(self) -> None:
-        raise NotImplementedError
+        """Flush the encoders and complete the output."""
 
+    @abstractmethod
     def _discard(self) -> None:
-        raise NotImplementedError
+        """Throw away what was written."""
 
 
 def _even(image: np.ndarray) -> np.ndarray:

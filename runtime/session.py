@@ -108,6 +108,8 @@ class Session(StageWorkers):
 
         self.engine, self.settings = engine, settings
         self._gen, self._extractor, self._crop = generator, extractor, crop
+        # feature frames held for the denoiser: two chunks ahead, and a few for the block granularity
+        self._store_capacity = 2 * max(generator.new_frames(0), generator.new_frames(1)) + 8
         self._converter = PcmConverter()
         self._lanes = Lanes(engine.device)
         self._cond = threading.Condition()

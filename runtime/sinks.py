@@ -63,7 +63,21 @@ def _size(width: int | None, height: int | None) -> tuple[int | None, int | None
     return width, height
 
 
-class _FrameSink(ABC):
+class _ClosesOnExit:
+    """`with sink:` closes on success and aborts (discarding the partial output) on an exception."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+class _FrameSink(_ClosesOnExit, ABC):
     """What every sink shares: frame checks, index bookkeeping and the open -> closed | aborted lifecycle.
     Subclasses implement `_start()` (once the frame size is known), `_encode()`, `_finish()` and `_discard()`."""
 
@@ -146,16 +160,6 @@ class _FrameSink(ABC):
     def closed(self) -> bool:
         return self._state != "open"
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-        return False
-
     @abstractmethod
     def _start(self) -> None:
         """Open the encoder and output once the frame size is known."""
@@ -236,8 +240,9 @@ class _MuxedSink(_FrameSink):
         self._options = h264_options(crf, preset, keyframe_interval, low_latency)
         self._container = None
 
+    @abstractmethod
     def _open_container(self):
-        raise NotImplementedError
+        """The output container (an av container opened for writing)."""
 
     def _start(self) -> None:
         self._container = self._open_container()
@@ -438,7 +443,7 @@ class AnnexBSink(_FrameSink):
 # ----------------------------------------------------------------------------------------------- playback
 
 
-class PlaySink:
+class PlaySink(_ClosesOnExit):
     """Live playback with sound: frames go out as fragmented MP4 (one fragment per frame) into `ffplay`'s
     standard input; ffplay shows the video in sync with the audio clock.
 
@@ -522,13 +527,3 @@ class PlaySink:
     @property
     def closed(self) -> bool:
         return self._sink.closed
-
-    def __enter__(self) -> PlaySink:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-        return False

@@ -164,7 +164,7 @@ class StageWorkers:
                     self._pending.clear()
                     self._pending_samples = 0
                     ended = self._ended
-                    room = self._store_capacity() - len(self._store)
+                    room = self._store_capacity - len(self._store)
                     if pieces or (ended and not timeline.ended) or self._idle_due(timeline):
                         break
                     if not timeline.offline and room > 0 and timeline.ready() > 0:
@@ -185,10 +185,6 @@ class StageWorkers:
             if timeline.finished():
                 self._to_store([_END], timeline.epoch)
                 return
-
-    def _store_capacity(self) -> int:
-        chunk = self._gen.new_frames(0) if self._gen is not None else 0
-        return 2 * max(chunk, 4 * self._gen.settings.chunk_latents if self._gen is not None else 0) + 8
 
     def _idle_due(self, timeline) -> bool:
         """Whether to feed silence now (see the module docstring of session.py)."""

@@ -302,12 +302,14 @@ class VaeConfig:
 VAE_HALLO3 = VaeConfig(name="hallo3")
 """The CogVideoX-5B(-I2V) VAE that Hallo3 uses (`cogvideox-5b-i2v-sat/vae/3d-vae.pt`)."""
 
-VAE_TINY = VaeConfig(name="tiny", base_channels=24, num_res_blocks=1, norm_groups=8)
-"""Same topology (four levels, two of them temporal, spatial norms, causal convs), sized for a 2-core CPU:
-widths 24, 48, 48, 96 and one residual block per encoder level (two per decoder level). Not 16: PyTorch's
-CPU convolution picks oneDNN only when B*C*T*H > 20480, and at 16 channels the 128-px levels of a
-two-latent-frame group sit exactly on that line and fall back to `slow_conv3d`, which made decoding
-slower (5.6 s per clip) than at 24 channels (3.1 s)."""
+VAE_TINY = VaeConfig(name="tiny", base_channels=8, channel_multipliers=(1, 2, 4, 8), num_res_blocks=1, norm_groups=4)
+"""Same topology (four levels, two of them temporal, spatial norms, causal convs), sized to stream at video
+rate on a 2-core CPU: widths 8, 16, 32, 64 (narrow where the resolution is high, where the decoder spends
+its time) and one residual block per encoder level (two per decoder level). Its narrow full-resolution
+layers fall under PyTorch's CPU heuristic that sends small 3D convolutions (B*C*T*H <= 20480) to the slow
+`slow_conv3d`; `engine.cpu_convolutions.small_cpu_convolutions` (applied by `load_pipeline` on CPU) runs
+those through oneDNN's 2D path instead: 21 ms per decoded 128 x 128 frame instead of 60 ms
+(`benchmarks/README.md`, "Resizing tiny")."""
 
 VAE_PRESETS: dict[str, VaeConfig] = {c.name: c for c in (VAE_HALLO3, VAE_TINY)}
 

@@ -168,7 +168,8 @@ def load_pipeline(
     the audio encoder are `vae` / `audio_encoder` when given; otherwise they are looked for where the
     Hallo3 release puts them (`pretrained_models/{hallo3, cogvideox-5b-i2v-sat/vae/3d-vae.pt,
     wav2vec/wav2vec2-base-960h}`), or inside the model folder (`vae.safetensors` of a hallo-rt folder,
-    `vae/` of a diffusers pipeline, `wav2vec2/`).
+    `vae/` of a diffusers pipeline, `wav2vec2/`). On CPU the VAE's small convolutions take oneDNN's 2D
+    route (`small_cpu_convolutions`: the same maths, summed in another order).
     """
     from .audio_features import AudioFeatureExtractor
     from .config import PRESETS
@@ -190,6 +191,10 @@ def load_pipeline(
     dit = load_dit(model, dtype=dtype, device=device)
     reference_net = load_reference_net(model, dtype=dtype, device=device)
     vae_model = load_vae(vae_source, dtype=dtype, device=device)
+    if torch.device(device).type == "cpu":
+        from .cpu_convolutions import small_cpu_convolutions
+
+        vae_model = small_cpu_convolutions(vae_model)  # same maths; see its docstring
     extractor = AudioFeatureExtractor.from_checkpoint(audio_source, dtype=dtype, device=device)
     if extractor.num_layers != dit.config.audio_layers or extractor.encoder.config.hidden_size != dit.config.audio_dim:
         raise InputError(f"audio encoder {audio_source} gives {extractor.num_layers} layers x "

@@ -28,7 +28,7 @@ import wave
 import numpy as np
 import torch
 
-from environment import emit, machine, versions
+from hallo_rt.benchmarks.environment import emit, machine, versions
 
 from hallo_rt import __version__
 from hallo_rt.engine.audio_features import AudioFeatureExtractor

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from environment import machine
+from hallo_rt.benchmarks.environment import machine
 
 from hallo_rt import __version__
 from hallo_rt.engine import HalloDiT, get_preset, load_dit, load_reference_net

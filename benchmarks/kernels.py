@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from environment import machine, versions
+from hallo_rt.benchmarks.environment import machine, versions
 
 from hallo_rt import __version__
 from hallo_rt.kernels import _triton

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from environment import emit, machine, versions
+from hallo_rt.benchmarks.environment import emit, machine, versions
 
 from hallo_rt import __version__
 from hallo_rt.engine.chunks import ChunkedGenerator, ChunkSettings

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from environment import emit, machine, versions
+from hallo_rt.benchmarks.environment import emit, machine, versions
 
 from hallo_rt import __version__
 from hallo_rt.engine import Grouping, load_vae

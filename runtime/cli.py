@@ -2,6 +2,7 @@
 
     hallo-rt generate --image IMG --audio AUDIO --out OUT.mp4 [...]  a talking-head video, offline
     hallo-rt stream --image IMG (--audio F | --mic) (--out O | --play)  the same, live, as a stream
+    hallo-rt bench [--backend all] [--seconds 20] [--compare]          latency benchmark of a stream (JSON + PNG)
     hallo-rt denoise [--model tiny] [--steps 50] [--cfg 3.5] ...     one clip of denoising, with timings
     hallo-rt convert SRC --out DST [--dtype ...]                       SAT / diffusers -> hallo-rt format
     hallo-rt info MODEL                                                config, hash and parameter counts
@@ -196,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .stream_cmd import add_stream_command
 
     add_stream_command(sub)
+
+    from hallo_rt.benchmarks.bench_cmd import add_bench_command  # the harness lives with the benchmarks
+
+    add_bench_command(sub)
 
     from .export_cmd import add_export_command
 

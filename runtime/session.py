@@ -50,6 +50,10 @@ if TYPE_CHECKING:
     from .api import Engine
 
 
+MAX_STAGE_EVENTS = 50_000
+"""Stage events a session keeps for `stage_events()` (about 8 minutes of 4-step chunks of 12 frames)."""
+
+
 class SessionError(RuntimeError):
     """The session cannot go on: it failed in a stage, or was closed or ended."""
 
@@ -131,7 +135,8 @@ class Session(StageWorkers):
         self._last_push = time.monotonic()
         self._need_frames = 0  # frames the denoiser waits for
         self._stats = {"frames_emitted": 0, "frames_dropped": 0, "frames_idle": 0, "chunks": 0,
-                       "first_push_t": None, "first_frame_t": None, "stage_s": {}, "latencies": deque(maxlen=500)}
+                       "first_push_t": None, "first_frame_t": None, "stage_s": {}, "latencies": deque(maxlen=500),
+                       "events": deque(maxlen=MAX_STAGE_EVENTS)}
         self._threads = [threading.Thread(target=self._run, args=(name, fn), name=f"hallo-rt-{name}", daemon=True)
                          for name, fn in (("features", self._features_stage), ("denoise", self._denoise_stage),
                                           ("decode", self._decode_stage), ("convert", self._convert_stage))]
@@ -217,6 +222,13 @@ class Session(StageWorkers):
             "stage_s": dict(s["stage_s"]),
             "state": "failed" if self._error else "closed" if self._closed else "ended" if self._ended else "open",
         }
+
+    def stage_events(self) -> list[dict]:
+        """What each stage did and when: {"stage", "chunk", "start", "end"} in `time.perf_counter()` seconds
+        (the last 50,000). Stages: audio_features (per feature block; chunk None), denoise_step (with "step"),
+        denoise, decode and convert (per chunk). On CUDA the times are host-side (kernels are queued on the
+        stage's stream), so they show when each stage was busy issuing work, not GPU occupancy."""
+        return list(self._stats["events"])
 
     def close(self) -> None:
         """Stop every stage and release the session's buffers and model state."""
@@ -315,9 +327,11 @@ class Session(StageWorkers):
                 while True:
                     q.get_nowait()
 
-    def _timed(self, stage: str, start: float) -> None:
+    def _timed(self, stage: str, start: float, chunk: int | None = None, **detail) -> None:
+        end = time.perf_counter()
         stage_s = self._stats["stage_s"]
-        stage_s[stage] = stage_s.get(stage, 0.0) + time.perf_counter() - start
+        stage_s[stage] = stage_s.get(stage, 0.0) + end - start
+        self._stats["events"].append({"stage": stage, "chunk": chunk, "start": start, "end": end, **detail})
 
     def _put(self, q: queue.Queue, item) -> None:
         while True:

@@ -47,6 +47,7 @@ class _Chunk:
     latents: torch.Tensor | None = None
     pixels: torch.Tensor | None = None  # (3, T, H, W) in [-1, 1]
     event: object = None  # CUDA event recorded after the producing stage, or None
+    number: int = 0  # chunk counter of the session (stage events refer to it)
 
 
 class Lanes:
@@ -260,13 +261,20 @@ class StageWorkers:
             if gen.motion.needs_decoded_frames and gen.chunks_denoised > 0:
                 self._wait_motion()
             features = pad_frames(torch.stack([f.features for f in frames]), count)
-            start = time.perf_counter()
+            number = self._stats["chunks"]
+            step_start = [time.perf_counter()]
+
+            def step_done(step: int, steps: int) -> None:
+                self._timed("denoise_step", step_start[0], number, step=step - 1)
+                step_start[0] = time.perf_counter()
+
+            start = step_start[0]
             with self._lanes.on("denoise"), self.engine._denoise_lock:
-                latents = gen.denoise(features)
+                latents = gen.denoise(features, progress=step_done)
             event = self._lanes.record("denoise")
-            self._timed("denoise", start)
+            self._timed("denoise", start, number)
             self._stats["chunks"] += 1
-            self._put(self._decode_q, _Chunk(frames, latents=latents, event=event))
+            self._put(self._decode_q, _Chunk(frames, latents=latents, event=event, number=number))
 
     def _wait_motion(self) -> None:
         while not self._motion_ready.acquire(timeout=0.05):
@@ -290,7 +298,7 @@ class StageWorkers:
                 self._motion_ready.release()
             chunk.pixels, chunk.latents = pixels[:, :len(chunk.frames)], None
             chunk.event = self._lanes.record("decode")
-            self._timed("decode", start)
+            self._timed("decode", start, chunk.number)
             self._put(self._convert_q, chunk)
 
     # --- 4. convert and emit ---------------------------------------------------------------------------
@@ -308,7 +316,7 @@ class StageWorkers:
                 continue
             start = time.perf_counter()
             images = self._to_host(chunk.pixels[:, :len(frames)], chunk.event).numpy()  # (T, H, W, 3)
-            self._timed("convert", start)
+            self._timed("convert", start, chunk.number, frames=len(frames))
             for frame, image in zip(frames, images):
                 self._emit(Frame(frame.index, image, frame.audio, frame.idle), frame)
 

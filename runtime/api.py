@@ -43,7 +43,7 @@ class Engine:
     def __init__(self, model: str | os.PathLike = "tiny", backend: str = "torch", device: str = "cpu", *,
                  dtype: str = "fp32", kernels: str = "none", artifacts: str | os.PathLike | None = None,
                  vae: str | os.PathLike | None = None, audio_encoder: str | os.PathLike | None = None,
-                 **settings: Any) -> None:
+                 backend_options: dict | None = None, **settings: Any) -> None:
         from hallo_rt.engine.pipeline import load_pipeline
 
         from .cli import apply_kernels_arg
@@ -63,7 +63,14 @@ class Engine:
                 raise ValueError(f"unknown backend {backend!r}; available: torch, {', '.join(GRAPH_BACKENDS)}")
             if kernels != "none":
                 raise ValueError("kernels apply to the torch backend; exported graphs carry their own ops")
-            pipeline, extractor, backend_used = graph_pipeline(pipeline, extractor, backend, artifacts, quiet=True)
+            # graphs have their frame counts built in: cut them for the sessions' default chunk settings;
+            # backend_options go to get_backend (onnxruntime: {"quantize": "int8"}, threads, providers)
+            chunk = resolve_settings({**STREAM_DEFAULTS, **settings})[0]
+            pipeline, extractor, backend_used = graph_pipeline(pipeline, extractor, backend, artifacts,
+                                                               options=backend_options, quiet=True, chunk=chunk)
+        elif backend_options:
+            raise ValueError(f"backend_options {sorted(backend_options)} apply to the graph backends "
+                             "(onnxruntime, tensorrt); the torch backend takes none")
         self._setup(pipeline, extractor, backend_used, settings, name=str(model))
 
     @classmethod
@@ -105,11 +112,10 @@ class Engine:
 
         chunk, sampler, stream = self.settings_for(**overrides)
         cfg = self.pipeline.dit.config
-        if self.backend_used.get("backend") != "torch" and chunk.chunk_latents != cfg.latent_frames:
-            # the exported denoiser and condition graphs have the model's clip length built in
-            raise ValueError(f"backend {self.backend_used['backend']!r} runs graphs exported for "
-                             f"{cfg.latent_frames}-latent-frame clips: use chunk_latents={cfg.latent_frames}, "
-                             f"or backend='torch' for {chunk.chunk_latents}-latent chunks")
+        from .graph_pipeline import GRAPH_BACKENDS, check_session_chunk
+
+        if self.backend_used.get("backend") in GRAPH_BACKENDS:
+            check_session_chunk(self.backend_used, chunk)  # the graphs have their chunk's frame counts built in
         array = _as_image(image)
         face = _as_tensor(face_embedding, (cfg.face_embed_dim,), "face_embedding")
         if face is None:

@@ -139,11 +139,6 @@ def build_engine(settings: BenchSettings):
     common = {"device": settings.device, "dtype": settings.dtype, "artifacts": settings.artifacts, **stream}
     if settings.backend == "onnxruntime-int8":
         return Engine(settings.model, backend="onnxruntime", backend_options={"quantize": "int8"}, **common)
-    if settings.backend == "torch-compile":
-        engine = Engine(settings.model, backend="torch", **common)
-        engine.pipeline.dit = torch.compile(engine.pipeline.dit)
-        engine.backend_used = {**engine.backend_used, "backend": "torch-compile", "compiled": ["denoiser"]}
-        return engine
     return Engine(settings.model, backend=settings.backend, **common)
 
 

@@ -27,6 +27,10 @@ from hallo_rt.engine.sampling import SamplerConfig
 from .frame import AUDIO_RATE, VIDEO_FPS
 from .session import Session, StreamSettings
 
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
+"""What `Engine(backend=...)` accepts: eager PyTorch, PyTorch with the denoiser compiled (TorchInductor), or
+exported graphs on ONNX Runtime / TensorRT."""
+
 STREAM_DEFAULTS = {"steps": 4, "cfg": 1.0, "chunk_latents": 3, "motion": "pixel"}
 """Few-step, guidance-free sampling on 3-latent-frame chunks (7 new frames per pixel-mode chunk)."""
 
@@ -51,16 +55,24 @@ class Engine:
 
         resolved = resolve_device(device)
         _check_settings(settings)  # before the (slow) load
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+        if backend_options and backend not in ("onnxruntime", "tensorrt"):
+            raise ValueError(f"backend_options {sorted(backend_options)} apply to the graph backends "
+                             f"(onnxruntime, tensorrt); the {backend} backend takes none")
         pipeline, extractor = load_pipeline(model, vae=vae, audio_encoder=audio_encoder, dtype=dtype,
                                             device=resolved)
         pipeline.dit = apply_kernels_arg(pipeline.dit, kernels)
         pipeline.reference_net = apply_kernels_arg(pipeline.reference_net, kernels)
         backend_used: dict = {"backend": "torch", "device": str(resolved), "kernels": kernels}
-        if backend != "torch":
-            from .graph_pipeline import GRAPH_BACKENDS, graph_pipeline
+        if backend == "torch-compile":
+            # the denoiser through TorchInductor, compiled on the first step of each chunk shape (part of the
+            # cold start); the VAE stays eager (its CPU route is `small_cpu_convolutions`)
+            pipeline.dit = torch.compile(pipeline.dit, dynamic=False)
+            backend_used.update(backend="torch-compile", compiled=["denoiser"])
+        elif backend != "torch":
+            from .graph_pipeline import graph_pipeline
 
-            if backend not in GRAPH_BACKENDS:
-                raise ValueError(f"unknown backend {backend!r}; available: torch, {', '.join(GRAPH_BACKENDS)}")
             if kernels != "none":
                 raise ValueError("kernels apply to the torch backend; exported graphs carry their own ops")
             # graphs have their frame counts built in: cut them for the sessions' default chunk settings;
@@ -68,9 +80,6 @@ class Engine:
             chunk = resolve_settings({**STREAM_DEFAULTS, **settings})[0]
             pipeline, extractor, backend_used = graph_pipeline(pipeline, extractor, backend, artifacts,
                                                                options=backend_options, quiet=True, chunk=chunk)
-        elif backend_options:
-            raise ValueError(f"backend_options {sorted(backend_options)} apply to the graph backends "
-                             "(onnxruntime, tensorrt); the torch backend takes none")
         self._setup(pipeline, extractor, backend_used, settings, name=str(model))
 
     @classmethod

@@ -34,7 +34,8 @@ def add_stream_command(sub) -> None:
     p.add_argument("--mic-device", default=None, help="capture device index or name (default: the system's)")
     p.add_argument("--max-seconds", type=float, default=None, help="stop the microphone after this long")
     _add_model_args(p)
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--backend", default="torch", choices=["torch", "torch-compile", "onnxruntime", "tensorrt"],
+                   help="torch-compile: the denoiser compiled by TorchInductor (compiles on first use)")
     p.add_argument("--artifacts", default=None, help="exported graphs or TensorRT plans for --backend")
     p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk (default: 4)")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (default: 1 = off)")

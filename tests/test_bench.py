@@ -118,3 +118,30 @@ def test_bench_cli_errors_before_loading(tmp_path, argv, message):
     result = _bench(tmp_path, *argv, timeout=120)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.slow
+def test_torch_compile_backend_streams_like_eager():
+    """`backend="torch-compile"` compiles the denoiser (TorchInductor): same frames as eager within one uint8
+    level (fused kernels reassociate fp32 sums), recorded in backend_used."""
+    import warnings
+
+    from hallo_rt import Engine
+    from hallo_rt.benchmarks.stream_bench import synthetic_portrait
+
+    frames = {}
+    for backend in ("torch", "torch-compile"):
+        engine = Engine("tiny", backend=backend, chunk_latents=2, motion="latent", steps=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # no face embedding
+            with engine.session(synthetic_portrait(), seed=1, idle=False) as session:
+                session.push_audio(synthetic_speech(0.6, seed=2), 16000)
+                session.end_audio()
+                frames[backend] = np.stack([f.image for f in session]).astype(int)
+        assert engine.backend_used["backend"] == backend
+    assert frames["torch"].shape[0] == 15
+    assert np.abs(frames["torch"] - frames["torch-compile"]).max() <= 1
+    with pytest.raises(ValueError, match="backend_options .* the torch-compile backend takes none"):
+        Engine("tiny", backend="torch-compile", backend_options={"quantize": "int8"})
+    with pytest.raises(ValueError, match="unknown backend 'jax'; available: torch, torch-compile, onnxruntime"):
+        Engine("tiny", backend="jax")

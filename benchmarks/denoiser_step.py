@@ -21,57 +21,12 @@ from pathlib import Path
 
 import torch
 
+from hallo_rt.benchmarks.compare import to_diffusers
 from hallo_rt.benchmarks.environment import machine
 
 from hallo_rt import __version__
 from hallo_rt.engine import HalloDiT, get_preset, load_dit, load_reference_net
 from hallo_rt.engine.weights.common import seeded_init_
-
-
-def to_diffusers(dit: HalloDiT):
-    """A diffusers CogVideoXTransformer3DModel holding the same weights as a backbone-only HalloDiT."""
-    from diffusers import CogVideoXTransformer3DModel
-
-    c = dit.config
-    model = CogVideoXTransformer3DModel(
-        num_attention_heads=c.num_heads, attention_head_dim=c.head_dim, in_channels=c.in_channels,
-        out_channels=c.out_channels, time_embed_dim=c.time_embed_dim, text_embed_dim=c.text_dim,
-        num_layers=c.num_layers, sample_width=c.latent_width, sample_height=c.latent_height,
-        sample_frames=c.video_frames, patch_size=c.patch_size, max_text_seq_length=c.text_len,
-        use_rotary_positional_embeddings=True, use_learned_positional_embeddings=c.learned_pos_embed,
-        norm_eps=c.norm_eps,
-    ).eval()
-    ours = dit.state_dict()
-    state = {
-        "patch_embed.proj.weight": ours["patch_embed.proj.weight"], "patch_embed.proj.bias": ours["patch_embed.proj.bias"],
-        "patch_embed.text_proj.weight": ours["patch_embed.text_proj.weight"],
-        "patch_embed.text_proj.bias": ours["patch_embed.text_proj.bias"],
-        "time_embedding.linear_1.weight": ours["time_embed.linear_1.weight"],
-        "time_embedding.linear_1.bias": ours["time_embed.linear_1.bias"],
-        "time_embedding.linear_2.weight": ours["time_embed.linear_2.weight"],
-        "time_embedding.linear_2.bias": ours["time_embed.linear_2.bias"],
-        "norm_final.weight": ours["norm_final.weight"], "norm_final.bias": ours["norm_final.bias"],
-        "norm_out.norm.weight": ours["final_layer.norm.weight"], "norm_out.norm.bias": ours["final_layer.norm.bias"],
-        "norm_out.linear.weight": ours["final_layer.modulation.weight"],
-        "norm_out.linear.bias": ours["final_layer.modulation.bias"],
-        "proj_out.weight": ours["final_layer.linear.weight"], "proj_out.bias": ours["final_layer.linear.bias"],
-    }
-    if c.learned_pos_embed:
-        state["patch_embed.pos_embedding"] = ours["pos_embedding"]
-    for i in range(c.num_layers):
-        b, d = f"blocks.{i}.", f"transformer_blocks.{i}."
-        for kind in ("weight", "bias"):
-            q, k, v = ours[f"{b}attn.qkv.{kind}"].chunk(3)
-            state.update({f"{d}attn1.to_q.{kind}": q, f"{d}attn1.to_k.{kind}": k, f"{d}attn1.to_v.{kind}": v})
-            mods = ours[f"{b}modulation.{kind}"].chunk(4)  # [msa, mlp, text msa, text mlp]
-            state[f"{d}norm1.linear.{kind}"] = torch.cat([mods[0], mods[2]])
-            state[f"{d}norm2.linear.{kind}"] = torch.cat([mods[1], mods[3]])
-            for src, dst in (("norm1", "norm1.norm"), ("norm2", "norm2.norm"), ("attn.norm_q", "attn1.norm_q"),
-                             ("attn.norm_k", "attn1.norm_k"), ("attn.out", "attn1.to_out.0"),
-                             ("mlp.fc1", "ff.net.0.proj"), ("mlp.fc2", "ff.net.2")):
-                state[f"{d}{dst}.{kind}"] = ours[f"{b}{src}.{kind}"]
-    model.load_state_dict(state, strict=True)
-    return model
 
 
 def time_calls(fn, repeats: int, warmup: int) -> dict:

@@ -2,7 +2,7 @@
 side-by-side comparisons, and write JSON + PNGs.
 
     hallo-rt bench [--model tiny] [--backend torch|torch-compile|onnxruntime|onnxruntime-int8|tensorrt|all]
-                   [--seconds 20] [--audio F] [--image F] [--steps 4] [--cfg 1] [--chunk-latents 3]
+                   [--seconds 20] [--audio F] [--image F] [--steps 4] [--cfg 1] [--chunk-latents 2]
                    [--motion latent|pixel] [--compare] [--out-dir DIR] [--json] [--no-plots] [--quiet]
 """
 
@@ -28,7 +28,7 @@ def add_bench_command(sub) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk (default: 4)")
     p.add_argument("--cfg", type=float, default=1.0, help="guidance scale (default: 1 = off)")
-    p.add_argument("--chunk-latents", type=int, default=3, help="latent frames per chunk (default: 3)")
+    p.add_argument("--chunk-latents", type=int, default=2, help="latent frames per chunk (default: 2)")
     p.add_argument("--motion", default="latent", choices=["latent", "pixel"])
     p.add_argument("--seconds", type=float, default=20.0, help="audio per measured phase (default: 20)")
     p.add_argument("--audio", default=None, help="speech file (default: synthetic speech-like audio)")

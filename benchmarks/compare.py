@@ -483,7 +483,8 @@ def speedup_ladder(pipeline, extractor, image, audio, *, clips: int = 2, referen
     image: (a) reference; (b) `few_steps` steps, CFG kept; (c) CFG off; (d) caching: `ChunkedGenerator`
     (reference K/V once per stream), 13-latent clips; (e) `chunk_latents`-latent chunks with latent motion,
     sequential; (f) `backend` (see LADDER_BACKENDS); (g) pipelining: the streaming session (`stream_bench.
-    run_stream`; skipped with stream=False or when it is not there). Rungs (a)-(e) run the VAE on plain
+    run_stream`) with whole-file features; (h) the same session with its streaming audio features, i.e. the
+    engine as it streams live ((g) and (h) are skipped with stream=False or when run_stream is not there). Rungs (a)-(e) run the VAE on plain
     Conv3d, as the reference does. Returns each rung's s/s of video, its factor over the previous rung and
     the total."""
     from hallo_rt.engine.chunks import ChunkSettings
@@ -535,7 +536,13 @@ def speedup_ladder(pipeline, extractor, image, audio, *, clips: int = 2, referen
             stream_note = f"skipped: {err}"
         else:
             stream_note = None
-            rungs.append(_rung("pipelining", "streaming session (stages overlapped)",
+            # the session with whole-file features first (only the pipelining changes), then with its
+            # streaming features (bounded windows every few frames: the cost of not knowing the future)
+            rungs.append(_rung("pipelining", "streaming session, stages overlapped (whole-file features)",
+                               _stream_rung(fast, extractor, image, waveform, seed,
+                                            {**overrides, "offline_features": True}), previous, progress))
+            previous = rungs[-1]["s_per_video_s"]
+            rungs.append(_rung("streaming_features", "audio features from bounded streaming windows",
                                _stream_rung(fast, extractor, image, waveform, seed, overrides), previous, progress))
     first, last = rungs[0]["s_per_video_s"], rungs[-1]["s_per_video_s"]
     return {

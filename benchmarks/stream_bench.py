@@ -47,7 +47,9 @@ class BenchSettings:
     dtype: str = "fp32"
     steps: int = 4
     cfg: float = 1.0
-    chunk_latents: int = 3
+    chunk_latents: int = 2
+    """2 latent frames per chunk: 5 frames in the first chunk, then 8 (the lowest first-frame latency that
+    keeps the stream above real time on 2 CPU cores; see benchmarks/README.md)."""
     motion: str = "latent"
     seconds: float = 20.0
     """Audio per measured phase (the given file is trimmed or looped to this length)."""

@@ -106,6 +106,27 @@ def test_bench_cli_report_and_plots(tmp_path):
     assert 0 < report["deadline_attainment"] <= 1 and report["rtf"] > 0
     for name in ("timeline", "latency_cdf"):
         assert Path(report["plots"][name]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _check_readme_section(report, tmp_path)
+
+
+def _check_readme_section(report: dict, tmp_path: Path) -> None:
+    """benchmarks/README.md's generated section: the report's own numbers, targets judged against them, and
+    nothing outside the markers touched (a second render replaces the first)."""
+    from hallo_rt.benchmarks.report import BEGIN, END, render, write_readme
+
+    section = render(report)
+    assert section.startswith(BEGIN) and section.endswith(END)
+    assert f"| real-time factor (input as fast as possible; video s per wall s) | {report['rtf']:.2f}x |" in section
+    met = "yes" if report["ttff_warm_s"] <= 1.0 else "**no**"
+    assert f"| warm time to first frame <= 1.0 s | {report['ttff_warm_s']:.3f} | {met} |" in section
+    assert "| denoiser step >= 1.5x faster than diffusers eager | - | not measured |" in section  # no --compare
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Benchmarks\n\nintro\n\n{BEGIN}\nold numbers\n{END}\n\n## Older results\nkept\n")
+    write_readme(report, readme)
+    write_readme(report, readme)
+    text = readme.read_text()
+    assert text.count(BEGIN) == 1 and "old numbers" not in text
+    assert text.startswith("# Benchmarks\n\nintro\n\n") and text.endswith("\n\n## Older results\nkept\n")
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -146,7 +146,8 @@ def test_ladder_rungs_produce_the_same_frames(mini):
     result = compare.speedup_ladder(pipeline, extractor, portrait(), speech(80), clips=1, reference_steps=2,
                                     few_steps=1, seed=1)
     names = [r["rung"] for r in result["rungs"]]
-    assert names == ["reference", "few_steps", "no_cfg", "caching", "streaming_chunks", "backend", "pipelining"]
+    assert names == ["reference", "few_steps", "no_cfg", "caching", "streaming_chunks", "backend", "pipelining",
+                     "streaming_features"]
     assert result["audio_s"] == CLIP_NEW / 25  # trimmed to one clip's new frames
     assert {r["frames"] for r in result["rungs"]} == {CLIP_NEW}
     rungs = result["rungs"]

@@ -484,9 +484,9 @@ def speedup_ladder(pipeline, extractor, image, audio, *, clips: int = 2, referen
     (reference K/V once per stream), 13-latent clips; (e) `chunk_latents`-latent chunks with latent motion,
     sequential; (f) `backend` (see LADDER_BACKENDS); (g) pipelining: the streaming session (`stream_bench.
     run_stream`) with whole-file features; (h) the same session with its streaming audio features, i.e. the
-    engine as it streams live ((g) and (h) are skipped with stream=False or when run_stream is not there). Rungs (a)-(e) run the VAE on plain
-    Conv3d, as the reference does. Returns each rung's s/s of video, its factor over the previous rung and
-    the total."""
+    engine as it streams live ((g) and (h) are skipped with stream=False or when run_stream is not there).
+    Rungs (a)-(e) run the VAE on plain Conv3d, as the reference does. Returns each rung's s/s of video, its
+    factor over the previous rung and the total."""
     from hallo_rt.engine.chunks import ChunkSettings
     from hallo_rt.engine.pipeline import Hallo3Pipeline
     from hallo_rt.engine.sampling import SamplerConfig

@@ -84,7 +84,21 @@ def _stages(report: dict) -> list[str]:
         rows.append(f"| {name} | {s['calls']} | {s['mean_ms']:.1f} ms | {s['p90_ms']:.1f} ms | "
                     f"{_f(s['share_of_wall'], 0, 100)}% |")
     steps = ", ".join(f"step {k}: {v:.1f} ms" for k, v in report["denoise_step_ms"].items())
-    return rows + ["", f"Denoising steps (mean): {steps}."]
+    return rows + ["", f"Denoising steps (mean): {steps}.", "", _limits(report)]
+
+
+def _limits(report: dict) -> str:
+    """What limits the stream: each stage's busy time per frame against the 40 ms a frame has at 25 fps."""
+    frames = report["phases"]["throughput"]["frames"]
+    busy = {name: s["total_s"] * 1e3 / frames for name, s in report["stages"].items() if name != "denoise_step"}
+    total = sum(busy.values())
+    parts = ", ".join(f"{name} {ms:.1f} ms" for name, ms in sorted(busy.items(), key=lambda kv: -kv[1]))
+    top = max(busy, key=busy.get)
+    return (f"**What limits it.** At 25 fps a frame has 40 ms. Busy time per frame in the throughput phase: "
+            f"{parts} ({total:.1f} ms in all; {report['overlap_fraction'] * 100:.0f}% of the busy time "
+            f"overlapped). `{top}` is the largest share ({busy[top] / total * 100:.0f}%). The stages run "
+            "concurrently on two hardware threads of one physical core, so their times in the session are inflated "
+            "by one another (the cost-model section compares them with the same stages timed alone).")
 
 
 def _backends(report: dict) -> list[str]:

@@ -79,6 +79,10 @@ def main() -> None:
     device = resolve_device(args.device)
     height, width = (int(v) for v in args.size.split("x"))
     vae = load_vae(args.vae, dtype=args.dtype, device=device)
+    if device.type == "cpu":  # as the engine runs it (load_pipeline does the same)
+        from hallo_rt.engine.cpu_convolutions import small_cpu_convolutions
+
+        vae = small_cpu_convolutions(vae)
     clip = pan_zoom_clip(read_image(args.image), 49, height, width).to(device)
     latents = vae.encode(clip, sample=False)  # (1, 16, 13, h, w)
     reference, ref_first, ref_total = stream_decode(vae, latents, Grouping(3, 2))

@@ -118,7 +118,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         from .side_by_side import run_side_by_side
 
         report["side_by_side"] = run_side_by_side(report, _settings(args, backends[0]), progress=not args.quiet)
-    report["command"] = "hallo-rt " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
+    report["command"] = "hallo-rt " + " ".join(getattr(args, "argv", None) or sys.argv[1:])
     report["bench_wall_s"] = time.perf_counter() - started
     raw = report.pop("raw")
     if not args.no_plots:

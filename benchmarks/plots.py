@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from .stream_metrics import percentile
+
 LANES = ("audio_features", "denoise", "decode", "convert", "encode")
 """Timeline rows, top to bottom, in the order a frame goes through them."""
 
@@ -70,7 +72,7 @@ def latency_cdf(series: dict[str, Sequence[float]], path: str | Path, title: str
         if not ordered:
             continue
         n = len(ordered)
-        p50, p99 = ordered[n // 2] * 1e3, ordered[min(n - 1, int(n * 0.99))] * 1e3
+        p50, p99 = percentile(ordered, 50) * 1e3, percentile(ordered, 99) * 1e3  # as the report computes them
         ax.step([v * 1e3 for v in ordered], [(i + 1) / n for i in range(n)], where="post",
                 label=f"{name} (p50 {p50:.0f} ms, p99 {p99:.0f} ms)")
     ax.set_xlabel("frame latency, ms (frame out minus its last audio sample pushed)")

@@ -1,6 +1,6 @@
 """Regenerate the results section of benchmarks/README.md (and its JSON and PNGs) with one command:
 
-    .venv/bin/python -m hallo_rt.benchmarks.report            # the full run (~15 min on 2 CPU cores)
+    .venv/bin/python -m hallo_rt.benchmarks.report            # the full run (~5 min on 2 CPU cores)
     .venv/bin/python -m hallo_rt.benchmarks.report --render    # only re-render the README from the last JSON
 
 It runs `hallo-rt bench --backend all --compare` on the embedded default, writes
@@ -112,7 +112,10 @@ def _backends(report: dict) -> list[str]:
                     f"{_f(ms.get('denoise'), 0)} / {_f(ms.get('decode'), 0)} ms |")
     for name, why in report.get("backends_unavailable", {}).items():
         rows.append(f"| {name} | not run: {why} | | | | | |")
-    return rows
+    return rows + ["", "Cold TTFF includes constructing the engine: loading, and on a first run exporting the graphs "
+                   "(ONNX Runtime, about 30 s here) or compiling the denoiser (torch.compile, about 25 s). Both are "
+                   "cached on disk (hallo-rt's artifact cache, TorchInductor's cache), so a run after an earlier "
+                   "one, like this one may be, starts from the cache."]
 
 
 def render(report: dict) -> str:

@@ -130,6 +130,14 @@ def render_markdown(side: dict) -> list[str]:
         factor = rung["factor_over_previous"]
         lines.append(f"| {rung['rung']} | {rung['change']} | {rung['s_per_video_s']:.3f} | "
                      f"{'-' if factor is None else f'{factor:.2f}x'} |")
+    by_name = {r["rung"]: r for r in ladder["rungs"]}
+    pipelining = by_name.get("pipelining")
+    if pipelining is not None and pipelining["factor_over_previous"] < 1:
+        lines += ["", f"Pipelining is {1 / pipelining['factor_over_previous']:.2f}x *slower* than running the same "
+                  "chunks one stage after another on this machine: its two vCPUs are one physical core with SMT, "
+                  "so stages running at once (each with two OpenMP threads) slow one another down more than "
+                  "overlapping them hides; the session's design targets GPUs (denoise and decode on their own "
+                  "CUDA streams), which this run cannot measure."]
     lines += ["", f"Total: **{ladder['total_speedup']:.1f}x** over the reference loop "
               f"({ladder['audio_s']:.2f} s of audio = {ladder['parameters']['clips']} Hallo3 clips; backend rung: "
               f"{ladder['backend_used']}).", ""]

@@ -217,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what was asked, for the records commands write (hallo-rt bench)
     from hallo_rt.engine import InputError, WeightsError
 
     try:

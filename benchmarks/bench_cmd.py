@@ -87,6 +87,9 @@ def _check(args: argparse.Namespace) -> list[str]:
             raise ValueError(f"{what} {path}: no such file")
     if not args.no_plots:
         require_matplotlib()
+    if args.compare and not args.device.startswith("cpu"):
+        raise ValueError("--compare runs on the CPU (its diffusers, GEMM and reference-loop runs are CPU runs "
+                         "here); drop --compare or use --device cpu")
     available = available_backends(args.device)
     if args.backend == "all":
         return [name for name, why in available.items() if why is None]
@@ -104,15 +107,24 @@ def run_bench_command(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    runs = {}
+    runs, failed = {}, {}
     for backend in backends:
         if not args.quiet:
             print(f"hallo-rt bench: {backend} on {args.device}, {args.seconds:g} s of audio per phase",
                   file=sys.stderr)
-        runs[backend] = run_bench(_settings(args, backend), progress=not args.quiet)
-    report = dict(runs[backends[0]])
-    if len(backends) > 1 or args.backend == "all":
+        try:
+            runs[backend] = run_bench(_settings(args, backend), progress=not args.quiet)
+        except Exception as err:  # noqa: BLE001 - with --backend all, one failure must not lose the others
+            if args.backend != "all":
+                raise
+            failed[backend] = f"{type(err).__name__}: {err}"
+            print(f"hallo-rt bench: {backend} failed: {failed[backend]}", file=sys.stderr)
+    if not runs:
+        raise RuntimeError(f"every backend failed: {failed}")
+    report = dict(next(iter(runs.values())))
+    if args.backend == "all":
         report["backends"] = {name: _backend_row(run) for name, run in runs.items()}
+        report["backends_failed"] = failed
         report["backends_unavailable"] = {k: v for k, v in available_backends(args.device).items() if v}
     if args.compare:
         from .side_by_side import run_side_by_side
@@ -129,7 +141,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     else:
         print(summary_text(report))
         print(f"wrote {out_dir / 'bench.json'}")
-    return 0
+    return 1 if failed else 0
 
 
 def _backend_row(run: dict) -> dict:
@@ -177,6 +189,8 @@ def summary_text(report: dict) -> str:
     for name, row in report.get("backends", {}).items():
         lines.append(f"  {name:17s} rtf {_fmt(row['rtf'])}x, warm ttff {_fmt(row['ttff_warm_s'], ' s')}, "
                      f"deadlines after 1 s {_fmt(row['deadline_attainment_after_1s'], '%', 100, 1)}")
+    for name, why in report.get("backends_failed", {}).items():
+        lines.append(f"  {name:17s} FAILED: {why}")
     for name, why in report.get("backends_unavailable", {}).items():
         lines.append(f"  {name:17s} not run: {why}")
     return "\n".join(lines)

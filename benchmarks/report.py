@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from .stream_metrics import NESTED_STAGES
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "bench"
 README = HERE / "README.md"
@@ -90,7 +92,8 @@ def _stages(report: dict) -> list[str]:
 def _limits(report: dict) -> str:
     """What limits the stream: each stage's busy time per frame against the 40 ms a frame has at 25 fps."""
     frames = report["phases"]["throughput"]["frames"]
-    busy = {name: s["total_s"] * 1e3 / frames for name, s in report["stages"].items() if name != "denoise_step"}
+    busy = {name: s["total_s"] * 1e3 / frames for name, s in report["stages"].items()
+            if name not in NESTED_STAGES}
     total = sum(busy.values())
     parts = ", ".join(f"{name} {ms:.1f} ms" for name, ms in sorted(busy.items(), key=lambda kv: -kv[1]))
     top = max(busy, key=busy.get)
@@ -110,6 +113,8 @@ def _backends(report: dict) -> list[str]:
                     f"{_f(row['deadline_attainment_after_1s'], 1, 100)}% | "
                     f"{_f(row['interarrival_p99_s'], 0, 1e3)} ms | "
                     f"{_f(ms.get('denoise'), 0)} / {_f(ms.get('decode'), 0)} ms |")
+    for name, why in report.get("backends_failed", {}).items():
+        rows.append(f"| {name} | **failed**: {why} | | | | | |")
     for name, why in report.get("backends_unavailable", {}).items():
         rows.append(f"| {name} | not run: {why} | | | | | |")
     return rows + ["", "Cold TTFF includes constructing the engine: loading, and on a first run exporting the graphs "

@@ -14,6 +14,7 @@ Memory: peak resident set size of the process per phase (sampled every 20 ms) an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -36,6 +37,9 @@ BENCH_BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-int8", "
 PIECE_S = 0.02
 """Audio is pushed in 20 ms pieces (a typical capture/WebRTC packet)."""
 
+KEEP_EVENTS = 10_000_000
+"""Stage events a benchmarked session keeps: all of them (about 8 per chunk)."""
+
 
 @dataclass(frozen=True)
 class BenchSettings:
@@ -48,8 +52,9 @@ class BenchSettings:
     steps: int = 4
     cfg: float = 1.0
     chunk_latents: int = 2
-    """2 latent frames per chunk: 5 frames in the first chunk, then 8 (the lowest first-frame latency that
-    keeps the stream above real time on 2 CPU cores; see benchmarks/README.md)."""
+    """2 latent frames per chunk, 8 frames each with latent motion (an even chunk decodes 4F frames from the
+    start): the first frame comes sooner than with 3 (first chunk 9 frames) at a small cost in throughput on
+    2 CPU cores; see benchmarks/README.md."""
     motion: str = "latent"
     seconds: float = 20.0
     """Audio per measured phase (the given file is trimmed or looped to this length)."""
@@ -218,8 +223,8 @@ def run_stream(engine, audio: np.ndarray, image=None, *, seed: int = 0, realtime
     image = synthetic_portrait() if image is None else image
     with _MemorySampler() as memory:
         session = engine.session(image, face_embedding=torch.zeros(engine.pipeline.dit.config.face_embed_dim),
-                                 seed=seed, **overrides)
-        sink = Mp4Sink(encode_to) if encode_to is not None else None
+                                 seed=seed, **{"stage_events": KEEP_EVENTS, **overrides})
+        sink = None
         pushes: list = []
         errors: list = []
         arrivals: list[float] = []
@@ -228,6 +233,7 @@ def run_stream(engine, audio: np.ndarray, image=None, *, seed: int = 0, realtime
         t0 = time.perf_counter()
         last_report = t0
         try:
+            sink = Mp4Sink(encode_to) if encode_to is not None else None
             feeder.start()
             for frame in session:
                 arrivals.append(time.perf_counter())
@@ -250,9 +256,9 @@ def run_stream(engine, audio: np.ndarray, image=None, *, seed: int = 0, realtime
                 sink.abort()
             raise
         finally:
+            session.close()  # stops the stages first: their events are final
             stats = session.stats()
             events = session.stage_events() + encode_events
-            session.close()
             feeder.join(timeout=5)
         if errors and max_frames is None:
             raise errors[0]
@@ -299,10 +305,13 @@ def summarize(arrivals: list[float], pushes: list, events: list[dict], stats: di
 
 # --- the three phases -------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
 def _progress_bar(desc: str, total_s: float, enabled: bool):
-    """A tqdm bar over seconds of video, with live fps and latency; a no-op when disabled."""
+    """A tqdm bar over seconds of video, with live fps and latency (closed however the phase ends); yields
+    the update callback, a no-op when disabled."""
     if not enabled:
-        return None, (lambda frames, stats: None)
+        yield lambda frames, stats: None
+        return
     from tqdm.auto import tqdm
 
     bar = tqdm(total=round(total_s, 2), desc=desc, unit="s video", leave=False,
@@ -314,7 +323,10 @@ def _progress_bar(desc: str, total_s: float, enabled: bool):
         bar.set_postfix_str(f"{stats['fps']:.1f} fps, latency p50 {lat * 1e3:.0f} ms" if lat else
                             f"{stats['fps']:.1f} fps")
 
-    return bar, update
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def _public(result: dict) -> dict:
@@ -323,20 +335,30 @@ def _public(result: dict) -> dict:
 
 def run_bench(settings: BenchSettings, progress: bool = True, encode_to: str | None = None) -> dict:
     """The three phases on one engine (module docstring); returns the report (the required keys at the top)."""
-    from hallo_rt import __version__
     from hallo_rt.runtime.devices import resolve_device
-
-    from .environment import machine, versions
 
     resolve_device(settings.device)  # an unavailable device fails before anything loads
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     audio, image = load_inputs(settings)
-    phases = {}
     # 1. cold: construct the engine, then the first frame of a first session fed as fast as possible
     t_cold = time.perf_counter()
     engine = build_engine(settings)
     engine_s = time.perf_counter() - t_cold
+    try:
+        return _phases(engine, settings, audio, image, t_cold, engine_s, progress, encode_to)
+    finally:
+        engine.close()
+
+
+def _phases(engine, settings: BenchSettings, audio: np.ndarray, image: np.ndarray, t_cold: float, engine_s: float,
+            progress: bool, encode_to: str | None) -> dict:
+    """The cold session's first frame, then the throughput and live phases (see the module docstring)."""
+    from hallo_rt import __version__
+
+    from .environment import machine, versions
+
+    phases = {}
     cold = run_stream(engine, audio[:16000 * 3], image, seed=settings.seed, max_frames=1)
     ttff_cold = cold["raw"]["arrivals"][0] - t_cold if cold["frames"] else None
     cuda = engine.device.type == "cuda"
@@ -344,21 +366,16 @@ def run_bench(settings: BenchSettings, progress: bool = True, encode_to: str | N
         torch.cuda.reset_peak_memory_stats(engine.device)
     # 2. throughput: as fast as possible, encoding the frames
     with tempfile.TemporaryDirectory() as tmp:
-        bar, update = _progress_bar("throughput", audio.size / 16000, progress)
-        phases["throughput"] = run_stream(engine, audio, image, seed=settings.seed, progress=update,
-                                          encode_to=encode_to or os.path.join(tmp, "bench.mp4"),
-                                          viewer_buffer_s=settings.viewer_buffer_s)
-        if bar is not None:
-            bar.close()
+        with _progress_bar("throughput", audio.size / 16000, progress) as update:
+            phases["throughput"] = run_stream(engine, audio, image, seed=settings.seed, progress=update,
+                                              encode_to=encode_to or os.path.join(tmp, "bench.mp4"),
+                                              viewer_buffer_s=settings.viewer_buffer_s)
     # 3. live: pushed at real time
-    bar, update = _progress_bar("live (real-time input)", audio.size / 16000, progress)
-    phases["live"] = run_stream(engine, audio, image, seed=settings.seed, realtime=True, progress=update,
-                                viewer_buffer_s=settings.viewer_buffer_s)
-    if bar is not None:
-        bar.close()
+    with _progress_bar("live (real-time input)", audio.size / 16000, progress) as update:
+        phases["live"] = run_stream(engine, audio, image, seed=settings.seed, realtime=True, progress=update,
+                                    viewer_buffer_s=settings.viewer_buffer_s)
     gpu_peak = torch.cuda.max_memory_allocated(engine.device) / 2**20 if cuda else None
     described = engine.describe()
-    engine.close()
     throughput, live = phases["throughput"], phases["live"]
     return {
         "rtf": throughput["rtf"], "fps": throughput["steady_fps"],

@@ -16,6 +16,10 @@ import math
 from collections.abc import Sequence
 
 
+NESTED_STAGES = ("denoise_setup", "denoise_step")
+"""Events inside a chunk's `denoise` (its setup, then each step): never counted twice in busy time."""
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0-100) by linear interpolation between order statistics (numpy's default)."""
     if not values:
@@ -88,8 +92,8 @@ def union_length(intervals: Sequence[tuple[float, float]]) -> float:
 
 
 def stage_summary(events: Sequence[dict], wall_s: float) -> dict:
-    """Per stage: calls, total busy seconds, mean and p50/p90 per call, share of the wall time; and the
-    overlap of the pipeline stages (denoise steps are inside `denoise`, so they are not counted twice)."""
+    """Per stage: calls, total busy seconds, mean and p50/p90 per call, share of the wall time, frames (where
+    the events say); and the overlap of the pipeline stages (NESTED_STAGES are inside `denoise`)."""
     by_stage: dict[str, list[dict]] = {}
     for e in events:
         by_stage.setdefault(e["stage"], []).append(e)
@@ -100,11 +104,13 @@ def stage_summary(events: Sequence[dict], wall_s: float) -> dict:
                          "mean_ms": 1e3 * sum(durations) / len(durations),
                          "p50_ms": 1e3 * percentile(durations, 50), "p90_ms": 1e3 * percentile(durations, 90),
                          "share_of_wall": sum(durations) / wall_s if wall_s > 0 else None}
+        if any("frames" in e for e in items):
+            stages[stage]["frames"] = sum(e.get("frames", 0) for e in items)
     steps = by_stage.get("denoise_step", [])
     per_step: dict[int, list[float]] = {}
     for e in steps:
         per_step.setdefault(e.get("step", 0), []).append(e["end"] - e["start"])
-    pipeline = [(e["start"], e["end"]) for e in events if e["stage"] != "denoise_step"]
+    pipeline = [(e["start"], e["end"]) for e in events if e["stage"] not in NESTED_STAGES]
     busy_sum = sum(b - a for a, b in pipeline)
     busy_union = union_length(pipeline)
     return {

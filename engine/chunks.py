@@ -253,8 +253,10 @@ class ChunkedGenerator:
         return self.motion.new_frames(self.chunks_denoised if chunk is None else chunk)
 
     @torch.no_grad()
-    def denoise(self, features: torch.Tensor, progress: Callable[[int, int], None] | bool = False) -> torch.Tensor:
-        """The next chunk's new audio features (new_frames(), window, layers, dim) -> latents (1, F, C, h, w)."""
+    def denoise(self, features: torch.Tensor, progress: Callable[[int, int], None] | bool = False,
+                on_start: Callable[[], None] | None = None) -> torch.Tensor:
+        """The next chunk's new audio features (new_frames(), window, layers, dim) -> latents (1, F, C, h, w).
+        `progress` and `on_start` go to `sample` (per-step callback; called before the first step)."""
         chunk, dit = self.chunks_denoised, self.pipeline.dit
         expected = self.new_frames()
         if features.shape[0] != expected:
@@ -263,7 +265,7 @@ class ChunkedGenerator:
         audio = self.motion.denoiser_audio(chunk, features.to(dit.device, dit.dtype))
         cond = Conditioning(concat_latent=concat.to(dit.device), text_embeds=self.text, audio=audio[None],
                             face=self.face, ref_bank=self.bank)
-        latents = sample(dit, cond, self.sampler, generator=self.generator, progress=progress)
+        latents = sample(dit, cond, self.sampler, generator=self.generator, progress=progress, on_start=on_start)
         self.motion.after_denoise(latents)
         self.chunks_denoised += 1
         return latents

@@ -209,12 +209,14 @@ def sample(
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
     progress: bool | Callable[[int, int], None] = False,
+    on_start: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Denoise from pure noise to clean latents (B, F, C_out, H, W), fp32.
 
     Random numbers come from `generator` in this order: the initial noise (unless `noise` is given), then
     the per-step noise of the stochastic sampler. `progress`: True for a progress bar, or a callback
-    (step, steps).
+    (step, steps) after each step; `on_start`: called once, right before the first step (so a caller can
+    time the steps apart from the setup).
     """
     schedule = make_schedule(config)
     B, Fr, C, H, W = cond.concat_latent.shape
@@ -235,6 +237,8 @@ def sample(
 
         bar = tqdm(total=config.steps, desc="denoising", unit="step", leave=False)
     old_x0 = None
+    if on_start is not None:
+        on_start()
     for i in range(config.steps):
         x0 = denoise(x, alphas[i], int(schedule.timesteps[i]))
         last = i == config.steps - 1

@@ -221,7 +221,10 @@ def _artifacts(backend: str, artifacts_dir: Path, graphs: dict) -> dict[str, Pat
     files = {}
     for name, (descriptor, _) in graphs.items():
         if name not in entries:
-            raise ValueError(f"{artifacts_dir} has no {name} graph; re-export the model")
+            raise ValueError(f"{artifacts_dir} has no {name} graph (it has {', '.join(sorted(entries))}): export "
+                             "the graphs of the sessions' chunk length and motion mode (hallo-rt export "
+                             "--chunk-latents F --motion pixel|latent; then hallo-rt build for tensorrt), or open the "
+                             "engine with the chunk_latents/motion the graphs were exported for")
         recorded, file = entries[name]
         if recorded != descriptor.compute_hash():
             raise ValueError(f"{artifacts_dir}: the {name} graph was exported for a different model or settings "

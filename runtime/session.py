@@ -50,10 +50,6 @@ if TYPE_CHECKING:
     from .api import Engine
 
 
-MAX_STAGE_EVENTS = 50_000
-"""Stage events a session keeps for `stage_events()` (about 8 minutes of 4-step chunks of 12 frames)."""
-
-
 class SessionError(RuntimeError):
     """The session cannot go on: it failed in a stage, or was closed or ended."""
 
@@ -93,6 +89,10 @@ class StreamSettings:
     idle_lead_s: float = 1.0
     """How far ahead of real time idle frames may run."""
 
+    stage_events: int = 4096
+    """Stage events kept for `Session.stage_events()` (about 8 per chunk; 0 keeps none). `hallo-rt bench`
+    raises it to keep a whole run."""
+
     def __post_init__(self) -> None:
         if self.backpressure not in ("wait", "drop"):
             raise ValueError(f"backpressure must be 'wait' or 'drop', got {self.backpressure!r}")
@@ -102,6 +102,8 @@ class StreamSettings:
             raise ValueError("lookahead_frames and context_frames must be >= 0")
         if self.max_buffered_audio_s <= 0 or self.idle_timeout_s <= 0 or self.idle_lead_s <= 0:
             raise ValueError("max_buffered_audio_s, idle_timeout_s and idle_lead_s must be positive")
+        if self.stage_events < 0:
+            raise ValueError(f"stage_events must be >= 0, got {self.stage_events}")
 
 
 class Session(StageWorkers):
@@ -136,7 +138,7 @@ class Session(StageWorkers):
         self._need_frames = 0  # frames the denoiser waits for
         self._stats = {"frames_emitted": 0, "frames_dropped": 0, "frames_idle": 0, "chunks": 0,
                        "first_push_t": None, "first_frame_t": None, "stage_s": {}, "latencies": deque(maxlen=500),
-                       "events": deque(maxlen=MAX_STAGE_EVENTS)}
+                       "events": deque(maxlen=settings.stage_events)}
         self._threads = [threading.Thread(target=self._run, args=(name, fn), name=f"hallo-rt-{name}", daemon=True)
                          for name, fn in (("features", self._features_stage), ("denoise", self._denoise_stage),
                                           ("decode", self._decode_stage), ("convert", self._convert_stage))]
@@ -225,9 +227,11 @@ class Session(StageWorkers):
 
     def stage_events(self) -> list[dict]:
         """What each stage did and when: {"stage", "chunk", "start", "end"} in `time.perf_counter()` seconds
-        (the last 50,000). Stages: audio_features (per feature block; chunk None), denoise_step (with "step"),
-        denoise, decode and convert (per chunk). On CUDA the times are host-side (kernels are queued on the
-        stage's stream), so they show when each stage was busy issuing work, not GPU occupancy."""
+        (the last `StreamSettings.stage_events`). Stages: audio_features (per call, with "frames"; chunk
+        None), and per chunk: denoise (all of it), denoise_setup (lock wait, conditioning and noise, before
+        the first step), denoise_step (with "step"), decode, convert (with "frames"). On CUDA the times are
+        host-side (kernels are queued on the stage's stream): when each stage was busy issuing work, not GPU
+        occupancy."""
         return list(self._stats["events"])
 
     def close(self) -> None:

@@ -209,7 +209,7 @@ class StageWorkers:
             return
         start = time.perf_counter()
         features = timeline.features.take(count)
-        self._timed("audio_features", start)
+        self._timed("audio_features", start, frames=count)
         self._to_store(timeline.frames(features, count, timeline.t_last), timeline.epoch)
 
     def _offline_features(self, timeline: _Timeline) -> None:
@@ -222,7 +222,7 @@ class StageWorkers:
         chunk = self._gen.settings
         start = time.perf_counter()
         features = self._extractor(samples, clip_length=chunk.clip_frames if chunk.motion == "pixel" else None)
-        self._timed("audio_features", start)
+        self._timed("audio_features", start, frames=total)
         self._to_store(timeline.frames(features, total, timeline.t_last) + [_END], timeline.epoch)
 
     def _to_store(self, items: list, epoch: int) -> None:
@@ -262,15 +262,20 @@ class StageWorkers:
                 self._wait_motion()
             features = pad_frames(torch.stack([f.features for f in frames]), count)
             number = self._stats["chunks"]
-            step_start = [time.perf_counter()]
+            start = step_start = time.perf_counter()
+
+            def steps_begin() -> None:  # after the chunk's setup (conditioning, noise, schedule)
+                nonlocal step_start
+                self._timed("denoise_setup", start, number)
+                step_start = time.perf_counter()
 
             def step_done(step: int, steps: int) -> None:
-                self._timed("denoise_step", step_start[0], number, step=step - 1)
-                step_start[0] = time.perf_counter()
+                nonlocal step_start
+                self._timed("denoise_step", step_start, number, step=step - 1)
+                step_start = time.perf_counter()
 
-            start = step_start[0]
             with self._lanes.on("denoise"), self.engine._denoise_lock:
-                latents = gen.denoise(features, progress=step_done)
+                latents = gen.denoise(features, progress=step_done, on_start=steps_begin)
             event = self._lanes.record("denoise")
             self._timed("denoise", start, number)
             self._stats["chunks"] += 1

@@ -100,6 +100,8 @@ def test_bench_cli_report_and_plots(tmp_path):
     for phase in ("throughput", "live"):
         assert report["phases"][phase]["frames"] == 40  # 1.6 s at 25 fps, every frame delivered
     assert report["stages"]["denoise_step"]["calls"] == 2 * report["stages"]["denoise"]["calls"]
+    assert report["stages"]["denoise_setup"]["calls"] == report["stages"]["denoise"]["calls"]
+    assert report["stages"]["audio_features"]["frames"] == 40 and report["stages"]["convert"]["frames"] == 40
     assert set(report["denoise_step_ms"]) == {"0", "1"}
     assert {"audio_features", "decode", "convert", "encode"} <= set(report["stages"])
     assert report["ttff_cold_s"] > report["engine_construct_s"] > 0

@@ -145,3 +145,29 @@ def test_int8_engine_runs_and_is_recorded(parts, latent_engine, torch_latent_fra
 def test_backend_options_need_a_graph_backend(parts):
     with pytest.raises(ValueError, match="backend_options.*graph backends"):
         _engine(parts, "torch", backend_options={"quantize": "int8"})
+
+
+def test_exported_chunk_graphs_serve_engines_with_artifacts(parts, tmp_path, latent_engine, torch_latent_frames):
+    """`hallo-rt export --chunk-latents F --motion M` writes the graphs a session of that chunk runs: an engine
+    on `artifacts=` streams from them; an engine asking for another chunk is told how to export it."""
+    from hallo_rt.engine.chunks import ChunkSettings
+    from hallo_rt.runtime.export_cmd import export_pipeline
+
+    out = tmp_path / "onnx"
+    manifest = export_pipeline(*parts, out, precision="fp32", quiet=True,
+                               chunk=ChunkSettings(chunk_latents=3, motion="latent"))
+    assert "denoiser_f3" in manifest["graphs"] and "vae_decoder_next_g3x3" in manifest["graphs"]
+    engine = _engine(parts, "onnxruntime", artifacts=out, motion="latent", **STREAM)
+    assert engine.backend_used["artifacts"] == str(out)
+    assert np.abs(_frames(engine) - torch_latent_frames).max() <= 1
+    with pytest.raises(ValueError, match="has no denoiser_f2 graph .*hallo-rt export --chunk-latents F"):
+        _engine(parts, "onnxruntime", artifacts=out, motion="latent", **{**STREAM, "chunk_latents": 2})
+
+
+def test_export_cli_checks_chunk_arguments_before_loading(capsys, tmp_path):
+    from hallo_rt.runtime.cli import main
+
+    assert main(["export", "--model", "tiny", "--out", str(tmp_path), "--motion", "latent"]) == 2
+    assert "--motion applies with --chunk-latents" in capsys.readouterr().err
+    assert main(["export", "--model", "tiny", "--out", str(tmp_path), "--chunk-latents", "0"]) == 2
+    assert "chunk_latents" in capsys.readouterr().err

@@ -23,5 +23,16 @@ if [[ "$spec" == *mic* ]] && command -v dpkg >/dev/null && ! dpkg -s portaudio19
     exit 1
   fi
 fi
+# The demo avatar's training data speaks through espeak-ng (Debian package); the dev tests synthesize with it.
+if [[ ",$extras," == *,dev,* ]] && ! command -v espeak-ng >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      espeak-ng >/dev/null
+  else
+    echo "setup: the training-data tests need espeak-ng: run 'sudo apt-get install espeak-ng'," \
+      "then this script again" >&2
+    exit 1
+  fi
+fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
 .venv/bin/python -c "import hallo_rt.engine" && echo "setup: .venv ready (extras: ${extras:-none})"

@@ -28,6 +28,15 @@ def require_matplotlib():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def stage_timeline(events: Sequence[dict], t0: float, path: str | Path, title: str, window_s: float = 6.0) -> Path:
     """Horizontal bars per stage (rows) over time, coloured by chunk, denoising steps outlined inside
     `denoise`; the first `window_s` seconds after `t0`. Where bars of different rows are stacked at the
@@ -55,12 +64,7 @@ def stage_timeline(events: Sequence[dict], t0: float, path: str | Path, title: s
     ax.set_xlabel("seconds since the first audio was pushed (colour = chunk; outlined = denoising steps)")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def latency_cdf(series: dict[str, Sequence[float]], path: str | Path, title: str) -> Path:
@@ -81,9 +85,4 @@ def latency_cdf(series: dict[str, Sequence[float]], path: str | Path, title: str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

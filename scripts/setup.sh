@@ -13,26 +13,20 @@ spec="."
 # The microphone source needs PyAudio (extra "mic"); "dev" gets it too, since its tests record from a virtual
 # ALSA device. PyAudio builds from source on Linux against PortAudio's headers (Debian: portaudio19-dev).
 [[ ",$extras," == *,dev,* && ",$extras," != *,mic,* ]] && spec=".[$extras,mic]"
-if [[ "$spec" == *mic* ]] && command -v dpkg >/dev/null && ! dpkg -s portaudio19-dev >/dev/null 2>&1; then
+need_deb() {  # need_deb PACKAGE WHY: install a Debian package as root, else say how and stop
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      portaudio19-dev >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null
   else
-    echo "setup: PyAudio (extra 'mic') needs PortAudio's headers: run 'sudo apt-get install portaudio19-dev'," \
-      "then this script again" >&2
+    echo "setup: $2: run 'sudo apt-get install $1', then this script again" >&2
     exit 1
   fi
+}
+if [[ "$spec" == *mic* ]] && command -v dpkg >/dev/null && ! dpkg -s portaudio19-dev >/dev/null 2>&1; then
+  need_deb portaudio19-dev "PyAudio (extra 'mic') needs PortAudio's headers"
 fi
 # The demo avatar's training data speaks through espeak-ng (Debian package); the dev tests synthesize with it.
 if [[ ",$extras," == *,dev,* ]] && ! command -v espeak-ng >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      espeak-ng >/dev/null
-  else
-    echo "setup: the training-data tests need espeak-ng: run 'sudo apt-get install espeak-ng'," \
-      "then this script again" >&2
-    exit 1
-  fi
+  need_deb espeak-ng "the training-data tests need espeak-ng"
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
 .venv/bin/python -c "import hallo_rt.engine" && echo "setup: .venv ready (extras: ${extras:-none})"

@@ -31,12 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from hallo_rt.benchmarks.gemm import step_inputs, time_interleaved
 from hallo_rt.engine.config import DiTConfig, VaeConfig
 from hallo_rt.engine.dit import HalloDiT
-from hallo_rt.engine.vae import CausalConv3d, CogVideoXVae, Grouping
+from hallo_rt.engine.vae import CogVideoXVae, Grouping
 
 DIT_IMPLS = ("eager", "compile")
 """Our step's implementations: torch eager, and torch.compile (inductor; C++/OpenMP code on CPU)."""
@@ -219,19 +218,11 @@ def to_diffusers_vae(vae: CogVideoXVae):
 
 
 def plain_convolutions(vae: CogVideoXVae) -> CogVideoXVae:
-    """A copy of `vae` whose causal convolutions are plain `nn.Conv3d` again (PyTorch's own CPU route, as the
-    reference runs them), undoing `small_cpu_convolutions`; same parameter values."""
-    from hallo_rt.engine.cpu_convolutions import StackedTimeConv3d
+    """A copy of `vae` on plain Conv3d everywhere (`small_cpu_convolutions` undone), as the reference runs it;
+    same parameter values."""
+    from hallo_rt.engine.cpu_convolutions import plain_convolutions as plain
 
-    plain = copy.deepcopy(vae)
-    for module in plain.modules():
-        if isinstance(module, CausalConv3d) and isinstance(module.conv, StackedTimeConv3d):
-            old = module.conv
-            new = nn.Conv3d(old.in_channels, old.out_channels, old.kernel_size, padding=old.padding,
-                            bias=old.bias is not None, device="meta")
-            new.weight, new.bias = old.weight, old.bias
-            module.conv = new
-    return plain
+    return plain(copy.deepcopy(vae))
 
 
 def vae_vs_diffusers(vae_config: VaeConfig, latent_frames: int = 13, latent_size: tuple[int, int] = (16, 16),

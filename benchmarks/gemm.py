@@ -176,18 +176,13 @@ def onednn_linears(model: nn.Module) -> nn.Module:
 
 
 def count_step_flops(fn, *args, **kwargs) -> dict:
-    """FLOPs of one call `fn(*args, **kwargs)` by aten op, with CPU flash attention counted like the other
-    SDPA kernels (torch's counter has no formula for `_scaled_dot_product_flash_attention_for_cpu`)."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+    """FLOPs of one call `fn(*args, **kwargs)` by aten op, CPU flash attention included
+    (`network_costs.count_flops_by_op`)."""
+    from .network_costs import count_flops_by_op
 
-    def cpu_flash(query, key, value, *rest, out_shape=None, **options):
-        return sdpa_flop_count(query, key, value)
-
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash}
-    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        fn(*args, **kwargs)
-    by_op = {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
-    return {"total": int(counter.get_total_flops()), "by_op": by_op}
+    with torch.inference_mode():
+        total, by_op, _ = count_flops_by_op(fn, *args, **kwargs)
+    return {"total": total, "by_op": by_op}
 
 
 def step_inputs(config: DiTConfig, frames: int, batch: int, seed: int = 0) -> tuple[tuple, dict]:

@@ -409,7 +409,13 @@ def convert_cost(size: tuple[int, int], frames: int = 1) -> Work:
 
 
 def count_flops(fn, *args, **kwargs) -> tuple[int, object]:
-    """(FlopCounterMode's total, result) of `fn(*args, **kwargs)`. On CPU, SDPA runs
+    """(FlopCounterMode's total, result) of `fn(*args, **kwargs)`; see `count_flops_by_op`."""
+    total, _, result = count_flops_by_op(fn, *args, **kwargs)
+    return total, result
+
+
+def count_flops_by_op(fn, *args, **kwargs) -> tuple[int, dict[str, int], object]:
+    """(total, {aten op: FLOPs}, result) of `fn(*args, **kwargs)` under FlopCounterMode. On CPU, SDPA runs
     `_scaled_dot_product_flash_attention_for_cpu`, which FlopCounterMode has no formula for (it counts 0);
     it is given the formula FlopCounterMode uses for the CUDA attention kernels."""
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -421,4 +427,5 @@ def count_flops(fn, *args, **kwargs) -> tuple[int, object]:
     mapping = {cpu_op: cpu_flash} if cpu_op is not None else {}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         result = fn(*args, **kwargs)
-    return counter.get_total_flops(), result
+    by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return int(counter.get_total_flops()), by_op, result

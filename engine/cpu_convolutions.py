@@ -60,13 +60,24 @@ class StackedTimeConv3d(nn.Conv3d):
         return y.unflatten(0, (batch, out_frames)).transpose(1, 2)
 
 
-def small_cpu_convolutions(model: nn.Module) -> nn.Module:
-    """Return `model` with every `CausalConv3d`'s convolution rerouted as above (in place; same weights)."""
+def _swap_convolutions(model: nn.Module, kind: type[nn.Conv3d]) -> nn.Module:
+    """Every `CausalConv3d`'s convolution as a `kind`, holding the same parameter objects (in place)."""
     for module in model.modules():
-        if isinstance(module, CausalConv3d) and not isinstance(module.conv, StackedTimeConv3d):
+        if isinstance(module, CausalConv3d) and type(module.conv) is not kind:
             old = module.conv
-            new = StackedTimeConv3d(old.in_channels, old.out_channels, old.kernel_size, padding=old.padding,
-                                    bias=old.bias is not None, device="meta")
+            new = kind(old.in_channels, old.out_channels, old.kernel_size, padding=old.padding,
+                       bias=old.bias is not None, device="meta")
             new.weight, new.bias = old.weight, old.bias
             module.conv = new
     return model
+
+
+def small_cpu_convolutions(model: nn.Module) -> nn.Module:
+    """Return `model` with every `CausalConv3d`'s convolution rerouted as above (in place; same weights)."""
+    return _swap_convolutions(model, StackedTimeConv3d)
+
+
+def plain_convolutions(model: nn.Module) -> nn.Module:
+    """Undo `small_cpu_convolutions`: every `CausalConv3d` back on a plain `nn.Conv3d` (in place; same
+    weights), as the reference implementations run it."""
+    return _swap_convolutions(model, nn.Conv3d)

@@ -513,8 +513,9 @@ def mouth_box(identity: FaceIdentity, pose: Pose, size: int = 128) -> tuple[int,
     return x0, y0, x1, y1
 
 
-def measure_opening(frame: np.ndarray, identity: FaceIdentity, pose: Pose) -> float:
-    """The mouth opening in [0, 1] read from the frame's pixels inside `mouth_box` only.
+def measure_opening(frame: np.ndarray, identity: FaceIdentity, pose: Pose, margin: int = 0) -> float:
+    """The mouth opening in [0, 1] read from the frame's pixels inside `mouth_box` only (grown by `margin`
+    pixels up and down: for generated frames, whose head may sit a little off the pose given).
 
     Each pixel's darkness ramps from 0 (luma 10 below the identity's lips or shaded skin) to 1 (the tongue's
     luma and darker). Within the box's middle half of columns (always inside the face and the interior's
@@ -528,6 +529,7 @@ def measure_opening(frame: np.ndarray, identity: FaceIdentity, pose: Pose) -> fl
     size = frame.shape[0]
     g = _layout(identity, size)
     x0, y0, x1, y1 = mouth_box(identity, pose, size)
+    y0, y1 = max(y0 - margin, 0), min(y1 + margin, size)
     quarter = (x1 - x0) // 4
     patch = frame[y0:y1, x0 + quarter:x1 - quarter].astype(np.float32)
     if patch.size == 0:

@@ -1,0 +1,134 @@
+"""The demo avatar's training recipe: the streaming features it trains on, resumable deterministic stages,
+the distillation target, and the shipped folder's round trip through the engine's loaders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hallo_rt.engine.audio_features import AudioFeatureExtractor
+from hallo_rt.engine.sampling import ddim_step
+from hallo_rt.runtime.streaming_features import StreamingAudioFeatures
+from hallo_rt.train import loop
+from hallo_rt.train.distill import parse_rounds, student_x0_target
+from hallo_rt.train.stream_features import chunk_features, needed_samples
+
+
+def _speechy(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 16000)
+    t = np.arange(n) / 16000
+    envelope = np.clip(np.sin(2 * np.pi * 2.3 * t) + 0.3 * rng.standard_normal(n).cumsum() / np.sqrt(n), 0, None)
+    return (0.2 * envelope * np.sin(2 * np.pi * 180 * t) + 0.01 * rng.standard_normal(n)).astype(np.float32)
+
+
+@pytest.mark.parametrize("context", [12, 50])
+def test_training_features_equal_the_streaming_runtime(context):
+    """The denoiser trains on exactly what a live session computes: same windows, normalisation, frames."""
+    extractor = AudioFeatureExtractor.from_checkpoint("tiny")
+    audio = _speechy(3.0, 0)
+    runtime = StreamingAudioFeatures(extractor, context_frames=context)
+    runtime.append(audio)
+    frames = runtime.available_frames
+    expected = runtime.take(frames)
+    starts = [0, 8, 28]
+    with torch.no_grad():
+        got = chunk_features(extractor.encoder, [audio] * 3, starts, 8, context=context)
+    for row, start in enumerate(starts):
+        assert start + 8 <= frames
+        torch.testing.assert_close(got[row], expected[start:start + 8], rtol=1e-4, atol=1e-5)
+    assert needed_samples(36) <= audio.size
+
+
+def test_training_features_refuse_a_window_past_the_audio():
+    extractor = AudioFeatureExtractor.from_checkpoint("tiny")
+    with pytest.raises(ValueError, match="needs"):
+        chunk_features(extractor.encoder, [_speechy(0.5, 1)], [8], 8)
+
+
+def test_distillation_target_makes_one_student_step_land_on_the_teacher():
+    g = torch.Generator().manual_seed(0)
+    x, x_end = torch.randn(2, 16, 4, 4, generator=g), torch.randn(2, 16, 4, 4, generator=g)
+    for a, a_next in [(0.0, 0.3), (0.3, 0.7), (0.7, 1.0)]:
+        target = student_x0_target(x, x_end, a, a_next)
+        torch.testing.assert_close(ddim_step(x, target, a, a_next), x_end, rtol=1e-5, atol=1e-5)
+
+
+def test_distillation_rounds_must_halve_and_chain():
+    assert parse_rounds("8:4,4:2,2:1") == [(8, 4), (4, 2), (2, 1)]
+    for bad in ("8:3", "8:4,2:1", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_rounds(bad)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_five_percent():
+    assert loop.cosine_lr(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert loop.cosine_lr(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert loop.cosine_lr(100, 100, 1.0, 10) == pytest.approx(0.05)
+    assert 0.05 < loop.cosine_lr(55, 100, 1.0, 10) < 1.0
+
+
+def _vae_stage(out, *extra):
+    from hallo_rt.train import train_vae
+
+    assert train_vae.main(["--out", str(out), "--pool", "3", "--log-every", "1", "--save-every", "2",
+                           "--threads", "2", *extra]) == 0
+    return torch.load(out / loop.CHECKPOINT, weights_only=False)
+
+
+@pytest.mark.slow
+def test_a_resumed_stage_equals_the_uninterrupted_run(tmp_path):
+    """Batches and noise come from (seed, step): stopping and resuming changes nothing, bit for bit."""
+    whole = _vae_stage(tmp_path / "whole", "--steps", "4")
+    _vae_stage(tmp_path / "split", "--steps", "2")
+    first_half = loop.read_losses(tmp_path / "split")
+    resumed = _vae_stage(tmp_path / "split", "--steps", "4")
+    assert resumed["step"] == 4 and [row["step"] for row in loop.read_losses(tmp_path / "split")] == [1, 2, 3, 4]
+    for key, value in whole["modules"]["vae"].items():
+        assert torch.equal(value, resumed["modules"]["vae"][key]), key
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in loop.read_losses(tmp_path / "whole")]
+    assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in loop.read_losses(tmp_path / "split")]
+    assert first_half[0]["loss"] == strip[0]["loss"] and math.isfinite(strip[-1]["loss"])
+    with pytest.raises(loop.TrainingError, match="other settings"):
+        _vae_stage(tmp_path / "split", "--steps", "6", "--lr", "0.5")
+    with pytest.raises(loop.TrainingError, match="run that stage first"):
+        loop.load_stage_modules(tmp_path / "nothing", "VAE")
+
+
+@pytest.mark.slow
+def test_shipped_folder_round_trips_through_the_engine(tmp_path):
+    """ship writes a hallo-rt folder the engine loads as any model, with the settings it was trained for."""
+    from hallo_rt.engine.pipeline import load_pipeline
+    from hallo_rt.engine.vae import CogVideoXVae
+    from hallo_rt.runtime.api import Engine
+    from hallo_rt.train.demo import STREAM_DEFAULTS, VAE_DEMO
+    from hallo_rt.train.ship import ship
+    from hallo_rt.train.train_denoiser import DemoAvatar
+
+    model, vae = DemoAvatar(seed=3), CogVideoXVae(VAE_DEMO)
+    for name, modules in (("denoiser", {"model": model}), ("vae", {"vae": vae})):
+        folder = tmp_path / name
+        folder.mkdir()
+        torch.save({"step": 1, "settings": {"steps": 1}, "modules": {k: m.state_dict() for k, m in modules.items()}},
+                   folder / loop.CHECKPOINT)
+        (folder / loop.SETTINGS).write_text(json.dumps({"settings": {"steps": 1}}))
+    out = ship(tmp_path / "vae", tmp_path / "denoiser", tmp_path / "shipped", steps=2, extra_stages=[])
+    pipeline, extractor = load_pipeline(out)
+    for mine, loaded in ((model.dit, pipeline.dit), (model.reference_net.backbone, pipeline.reference_net.backbone),
+                         (model.audio, extractor.encoder)):
+        for key, value in mine.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[key], value.half().float(), rtol=0, atol=0, msg=key)
+    assert extractor.normalize and extractor.num_layers == model.audio.config.num_layers
+    engine = Engine(out)
+    chunk, sampler, stream = engine.settings_for()
+    assert (sampler.kind, sampler.steps, sampler.cfg_scale) == ("ddim", 2, 1.0)
+    assert (chunk.chunk_latents, chunk.motion) == (STREAM_DEFAULTS["chunk_latents"], "latent")
+    assert stream.context_frames == STREAM_DEFAULTS["context_frames"]
+    assert engine.settings_for(steps=4, chunk_latents=3)[1].steps == 4  # the caller's settings win
+    manifest = json.loads((out / "hallo_rt.json").read_text())
+    assert manifest["face_embedding"] == "none" and manifest["stream_defaults"]["sampler"] == "ddim"

@@ -1,0 +1,228 @@
+"""Stage 2: train the demo avatar's denoiser, reference network and audio encoder for streaming.
+
+    python -m hallo_rt.train.train_denoiser --vae runs/vae --clips runs/clips --out runs/denoiser
+
+The training clips (`clip_cache`, rendered once) are encoded with the stage-1 VAE into latents, 8 frames
+(two latent frames) at a time, as the VAE was trained. A training example is one chunk of a stream, exactly
+as `engine.chunks.LatentMotion` conditions it at run time:
+  * the chunk's target latents: 2 latent frames most of the time (the runtime's chunk), else 1 or 3;
+  * the conditioning latent: for a stream's first chunk, the reference portrait encoded with two
+    pixel-dropout copies of itself (`ChunkedGenerator.conditioning_latent`); later, the previous latent
+    frame (jittered with a little noise, so the model tolerates its own imperfect outputs) then zeros;
+  * the reference bank of the portrait's latent, through the reference network;
+  * the chunk's audio features computed as the streaming runtime computes them (`stream_features`), through
+    the audio encoder trained here from scratch; zero face and text inputs (the demo has neither).
+The loss is Hallo3's v-prediction objective on the zero-terminal-SNR schedule, weighted 12x on the latent
+cells covering the mouth, plus a training-only head that reads each frame's ground-truth mouth opening off
+its audio features (so the audio encoder learns loudness-like features before the denoiser looks for them;
+it is not shipped). Resumes from `--out`'s checkpoint; deterministic given `--seed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..engine.dit import HalloDiT
+from ..engine.reference import ReferenceNet, reference_config
+from ..engine.sampling import SamplerConfig, make_schedule
+from ..engine.vae import CogVideoXVae
+from ..engine.wav2vec2 import Wav2Vec2Model
+from ..engine.weights.common import seeded_init_
+from .demo import AUDIO_DEMO, CONTEXT_FRAMES, DIT_DEMO, VAE_DEMO
+from .loop import Stage, TrainingError, add_common_args, load_stage_modules, step_generator, step_rng
+from .stream_features import chunk_features, needed_samples
+
+MOUTH_WEIGHT = 12.0
+OPENING_WEIGHT = 1.0
+MASK_RATE = 0.1  # ChunkSettings.mask_rate: pixel dropout of the first chunk's motion frames
+CHUNK_CHOICES = (1, 2, 3)
+CHUNK_PROBS = (0.2, 0.6, 0.2)
+FIRST_CHUNK_SHARE = 0.25
+MOTION_JITTER = 0.1
+
+
+class DemoAvatar(nn.Module):
+    """The trainable parts: denoiser, reference network and audio encoder."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.dit = seeded_init_(HalloDiT(DIT_DEMO), seed)
+        self.reference_net = seeded_init_(ReferenceNet(reference_config(DIT_DEMO)), seed + 1)
+        self.audio = seeded_init_(Wav2Vec2Model(AUDIO_DEMO), seed + 2)
+        # training only (never shipped): reads the mouth opening off each frame's audio features, so the audio
+        # encoder learns loudness-like features early, before the denoiser has learned to look for them
+        width = DIT_DEMO.audio_window * DIT_DEMO.audio_layers * DIT_DEMO.audio_dim
+        self.opening_head = seeded_init_(nn.Linear(width, 1), seed + 3)
+
+
+def load_vae(folder: Path) -> CogVideoXVae:
+    vae = CogVideoXVae(VAE_DEMO)
+    vae.load_state_dict(load_stage_modules(folder, "VAE")["vae"])
+    return vae.eval().requires_grad_(False)
+
+
+def mouth_cells(boxes: np.ndarray, latent_size: int, scale: int) -> np.ndarray:
+    """(L, h, w) float32 in {0, 1}: the latent cells any of a latent frame's 4 mouth boxes touches (+1 cell)."""
+    frames = boxes.shape[0] // 4 * 4
+    cells = np.zeros((frames // 4, latent_size, latent_size), np.float32)
+    for t in range(frames):
+        x0, y0, x1, y1 = boxes[t]
+        cells[t // 4, max(y0 // scale - 1, 0):y1 // scale + 2, max(x0 // scale - 1, 0):x1 // scale + 2] = 1.0
+    return cells
+
+
+@torch.no_grad()
+def encode_clips(vae: CogVideoXVae, clip_files: list[Path], seed: int) -> dict:
+    """Latents of every clip (8 frames at a time, posterior means, scaled), its portrait's reference latent
+    and first-chunk conditioning latent (posterior samples, as the runtime draws them), audio, mouth cells."""
+    s = vae.config.scaling_factor
+    out = {"latents": [], "reference": [], "first": [], "audio": [], "mouth": [], "opening": []}
+    for i, path in enumerate(tqdm(clip_files, desc="encoding clips", unit="clip", dynamic_ncols=True)):
+        data = np.load(path)
+        frames = torch.from_numpy(data["frames"]).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, T, H, W)
+        usable = frames.shape[1] // 8 * 8
+        pieces = frames[:, :usable].unflatten(1, (usable // 8, 8)).permute(1, 0, 2, 3, 4)  # (n, 3, 8, H, W)
+        latents = torch.cat([vae.encode(p, sample=False) for p in pieces.split(8)])  # (n, C, 2, h, w)
+        latents = (latents.permute(0, 2, 1, 3, 4).flatten(0, 1) * s).half()  # (L, C, h, w)
+        g = torch.Generator().manual_seed(seed * 100003 + i)
+        portrait = torch.from_numpy(data["reference"]).permute(2, 0, 1).float()[None, :, None] / 127.5 - 1.0
+        reference = vae.encode(portrait, generator=g) * s  # (1, C, 1, h, w)
+        keep = (torch.rand(portrait.shape[-2:], generator=g) > MASK_RATE).float()
+        first = vae.encode(torch.cat([portrait, portrait * keep, portrait * keep], dim=2), generator=g) * s
+        out["latents"].append(latents)
+        out["reference"].append(reference[0, :, 0].half())
+        out["first"].append(first[0, :, 0].half())
+        out["audio"].append(data["audio"])
+        out["mouth"].append(torch.from_numpy(mouth_cells(data["boxes"], latents.shape[-1],
+                                                          vae.config.spatial_compression)))
+        out["opening"].append(data["opening"])
+    return out
+
+
+def load_or_encode(args, vae: CogVideoXVae) -> dict:
+    cache = args.out / "encoded.pt"
+    files = sorted(Path(args.clips).glob("clip_*.npz"))[: args.clip_count]
+    if len(files) < args.clip_count:
+        raise TrainingError(f"{args.clips} holds {len(files)} clips, {args.clip_count} wanted: run "
+                            f"python -m hallo_rt.train.clip_cache --out {args.clips} --clips {args.clip_count}")
+    scale = vae.config.scaling_factor
+    if cache.is_file():
+        data = torch.load(cache, weights_only=False)
+        if data.get("files") == [f.name for f in files]:
+            # latents are stored scaled: a cache made with another scaling factor is rescaled, not re-encoded
+            ratio = scale / data.get("scaling_factor", 0.7)
+            if ratio != 1.0:
+                for key in ("latents", "reference", "first"):
+                    data[key] = [(t.float() * ratio).half() for t in data[key]]
+                data["scaling_factor"] = scale
+            return data
+    data = encode_clips(vae, files, args.seed)
+    data["files"], data["scaling_factor"] = [f.name for f in files], scale
+    torch.save(data, cache)
+    return data
+
+
+class ChunkExamples:
+    """Draws a batch of stream chunks (see the module docstring) for a step, from the step's own generator."""
+
+    def __init__(self, data: dict, config=DIT_DEMO) -> None:
+        self.data, self.config = data, config
+        self.text = torch.zeros(1, config.text_len, config.text_dim)
+        self.face = torch.zeros(1, config.face_embed_dim)
+
+    def draw(self, rng: np.random.Generator, batch: int, generator: torch.Generator, first_share=FIRST_CHUNK_SHARE):
+        d = self.data
+        first = rng.random() < first_share
+        n = int(rng.choice((2,))) if first else int(rng.choice(CHUNK_CHOICES, p=CHUNK_PROBS))
+        clips = rng.integers(0, len(d["latents"]), batch)
+        targets, concats, refs, audios, starts, weights, openings = [], [], [], [], [], [], []
+        for c in clips:
+            latents, audio = d["latents"][c].float(), d["audio"][c]
+            usable = min(latents.shape[0], (audio.size // 640 - 12) // 4)  # lookahead must exist
+            j = 0 if first else int(rng.integers(1, usable - n + 1))
+            target = latents[j:j + n]
+            concat = torch.zeros_like(target)
+            if first:
+                concat[0] = d["first"][c].float()
+            else:
+                jitter = MOTION_JITTER * float(rng.random())
+                concat[0] = latents[j - 1] + jitter * torch.randn(latents[j - 1].shape, generator=generator)
+            targets.append(target)
+            concats.append(concat)
+            refs.append(d["reference"][c].float())
+            audios.append(audio)
+            starts.append(4 * j)
+            weights.append(1.0 + (MOUTH_WEIGHT - 1.0) * d["mouth"][c][j:j + n])
+            openings.append(torch.from_numpy(np.asarray(d["opening"][c][4 * j:4 * j + 4 * n], np.float32)))
+        pad = max(needed_samples(s + 4 * n) for s in starts)
+        audios = [np.pad(a, (0, max(0, pad - a.size))) for a in audios]  # silence past the clip's end
+        self.openings = torch.stack(openings)  # (B, 4n): the chunk's ground-truth mouth opening per frame
+        return (torch.stack(targets), torch.stack(concats), torch.stack(refs)[:, None], audios, starts, n,
+                torch.stack(weights)[:, :, None])
+
+
+def predict_v(model: DemoAvatar, x_t, concat, ref, audio_features, timesteps, text, face):
+    bank = model.reference_net(ref)
+    B = x_t.shape[0]
+    return model.dit(torch.cat([x_t, concat], dim=2), timesteps, text.expand(B, -1, -1), audio_features,
+                     face.expand(B, -1), bank)
+
+
+def v_loss(model: DemoAvatar, examples: ChunkExamples, rng, generator, batch: int, table: torch.Tensor) -> dict:
+    x0, concat, ref, audios, starts, n, weight = examples.draw(rng, batch, generator)
+    features = chunk_features(model.audio, audios, starts, 4 * n, context=CONTEXT_FRAMES)
+    t = torch.from_numpy(rng.integers(0, 1000, batch))
+    a = table[t].view(-1, 1, 1, 1, 1)
+    sigma = (1 - a * a).clamp_min(0).sqrt()
+    eps = torch.randn(x0.shape, generator=generator)
+    x_t = a * x0 + sigma * eps
+    v = a * eps - sigma * x0
+    pred = predict_v(model, x_t, concat, ref, features, t, examples.text, examples.face)
+    err = (pred.float() - v).pow(2) * weight
+    v_loss_value = err.sum() / (weight.sum() * x0.shape[2])
+    opening = model.opening_head(features.flatten(2))[..., 0]  # (B, 4n)
+    opening_loss = (opening - examples.openings).pow(2).mean()
+    loss = v_loss_value + OPENING_WEIGHT * opening_loss
+    loss.backward()
+    x0_err = ((a * x_t - sigma * pred.detach() - x0).pow(2) * weight).sum() / (weight.sum() * x0.shape[2])
+    return {"loss": loss.item(), "v_loss": v_loss_value.item(), "opening_mse": opening_loss.item(),
+            "x0_mse": x0_err.item(), "chunk": float(n)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hallo_rt.train.train_denoiser",
+                                     description=__doc__.split("\n\n")[0])
+    add_common_args(parser, steps=2000, lr=6e-4)
+    parser.add_argument("--vae", type=Path, default=Path("runs/vae"), help="stage 1's folder")
+    parser.add_argument("--clips", type=Path, default=Path("runs/clips"), help="the clip_cache folder")
+    parser.add_argument("--clip-count", type=int, default=320, help="training clips used (default 320)")
+    parser.add_argument("--batch", type=int, default=16, help="chunks per step (default 16)")
+    args = parser.parse_args(argv)
+    model = DemoAvatar(args.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    stage = Stage.open(args, {"stage": "denoiser", "dit": DIT_DEMO.to_dict(), "audio": AUDIO_DEMO.to_dict(),
+                              "clip_count": args.clip_count, "batch": args.batch, "context_frames": CONTEXT_FRAMES,
+                              "mouth_weight": MOUTH_WEIGHT, "opening_weight": OPENING_WEIGHT},
+                       {"model": model}, optimizer, warmup=100)
+    data = load_or_encode(args, load_vae(args.vae))
+    examples = ChunkExamples(data)
+    table = make_schedule(SamplerConfig(steps=1)).table
+
+    def step(k: int) -> dict:
+        return v_loss(model, examples, step_rng(args.seed, k), step_generator(args.seed, k), args.batch, table)
+
+    losses = stage.run(step, "denoiser")
+    stage.finish({"final": losses[-1] if losses else None})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

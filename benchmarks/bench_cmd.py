@@ -21,15 +21,21 @@ def add_bench_command(sub) -> None:
     from .stream_bench import BENCH_BACKENDS
 
     p = sub.add_parser("bench", help="latency benchmark: a streaming session measured end to end")
-    p.add_argument("--model", default="tiny", help="preset name or checkpoint path (default: tiny)")
+    p.add_argument("--model", default="tiny", help="preset name, checkpoint path or model folder (default: tiny)")
     p.add_argument("--backend", default="torch", choices=[*BENCH_BACKENDS, "all"],
                    help="all: every backend available here, one after the other (default: torch)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk (default: 4)")
-    p.add_argument("--cfg", type=float, default=1.0, help="guidance scale (default: 1 = off)")
-    p.add_argument("--chunk-latents", type=int, default=2, help="latent frames per chunk (default: 2)")
-    p.add_argument("--motion", default="latent", choices=["latent", "pixel"])
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps per chunk (default: the model folder's own, else 4)")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="guidance scale (default: the model folder's own, else 1 = off)")
+    p.add_argument("--sampler", default=None, choices=["dpmpp2m_sde", "ddim"],
+                   help="default: the model folder's own, else dpmpp2m_sde")
+    p.add_argument("--chunk-latents", type=int, default=None,
+                   help="latent frames per chunk (default: the model folder's own, else 2)")
+    p.add_argument("--motion", default=None, choices=["latent", "pixel"],
+                   help="default: the model folder's own, else latent")
     p.add_argument("--seconds", type=float, default=20.0, help="audio per measured phase (default: 20)")
     p.add_argument("--audio", default=None, help="speech file (default: synthetic speech-like audio)")
     p.add_argument("--image", default=None, help="portrait (default: a synthetic one)")
@@ -51,8 +57,17 @@ def add_bench_command(sub) -> None:
 def _settings(args: argparse.Namespace, backend: str):
     from .stream_bench import BenchSettings
 
-    return BenchSettings(model=args.model, backend=backend, device=args.device, dtype=args.dtype, steps=args.steps,
-                         cfg=args.cfg, chunk_latents=args.chunk_latents, motion=args.motion, seconds=args.seconds,
+    from hallo_rt.engine.models import model_defaults
+
+    trained = model_defaults(args.model)  # the model's own settings, under what the command line gives
+
+    def pick(name: str, fallback):
+        given = getattr(args, name)
+        return given if given is not None else trained.get(name, fallback)
+
+    return BenchSettings(model=args.model, backend=backend, device=args.device, dtype=args.dtype,
+                         steps=pick("steps", 4), cfg=pick("cfg", 1.0), sampler=pick("sampler", "dpmpp2m_sde"),
+                         chunk_latents=pick("chunk_latents", 2), motion=pick("motion", "latent"), seconds=args.seconds,
                          audio=args.audio, image=args.image, viewer_buffer_s=args.viewer_buffer, seed=args.seed,
                          threads=args.threads, artifacts=args.artifacts)
 

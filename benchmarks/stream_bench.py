@@ -51,6 +51,7 @@ class BenchSettings:
     dtype: str = "fp32"
     steps: int = 4
     cfg: float = 1.0
+    sampler: str = "dpmpp2m_sde"
     chunk_latents: int = 2
     """2 latent frames per chunk, 8 frames each with latent motion (an even chunk decodes 4F frames from the
     start): the first frame comes sooner than with 3 (first chunk 9 frames) at a small cost in throughput on
@@ -142,7 +143,7 @@ def build_engine(settings: BenchSettings):
     from hallo_rt.runtime.api import Engine
 
     stream = {"steps": settings.steps, "cfg": settings.cfg, "chunk_latents": settings.chunk_latents,
-              "motion": settings.motion}
+              "motion": settings.motion, "sampler": settings.sampler}
     common = {"device": settings.device, "dtype": settings.dtype, "artifacts": settings.artifacts, **stream}
     if settings.backend == "onnxruntime-int8":
         return Engine(settings.model, backend="onnxruntime", backend_options={"quantize": "int8"}, **common)

@@ -98,6 +98,7 @@ class Hallo3Pipeline:
         generator: torch.Generator | None = None,
         progress: ProgressCallback | None = None,
         num_frames: int | None = None,
+        chunk: ChunkSettings | None = None,
     ) -> Iterator[torch.Tensor]:
         """Yield the video clip by clip as uint8 frames (T, H, W, 3), `num_frames` frames in all.
 
@@ -105,7 +106,9 @@ class Hallo3Pipeline:
         multiple of the clip length and trims the video to the unpadded count, which is `num_frames`
         (default: all feature frames). Clips whose frames would all be trimmed are not generated (the
         reference generates and discards them; earlier clips do not depend on them).
-        face_embedding (face_embed_dim,) or (1, ...); text_embeds (text_len, text_dim) or (1, ...)."""
+        face_embedding (face_embed_dim,) or (1, ...); text_embeds (text_len, text_dim) or (1, ...).
+        `chunk`: how the video is cut and chained (default: Hallo3's clips of the model's latent frames with
+        pixel motion); a latent-motion setting runs the streaming models' loop over the whole file."""
         cfg = self.dit.config
         expected = (cfg.audio_window, cfg.audio_layers, cfg.audio_dim)
         if audio_features.ndim != 4 or tuple(audio_features.shape[1:]) != expected or audio_features.shape[0] < 1:
@@ -115,22 +118,29 @@ class Hallo3Pipeline:
         if not 1 <= length <= audio_features.shape[0]:
             raise InputError(f"num_frames must be in 1..{audio_features.shape[0]} (the audio feature frames), "
                              f"got {num_frames}")
-        settings = ChunkSettings(chunk_latents=cfg.latent_frames, motion="pixel",
-                                 motion_frames=motion.motion_frames, mask_rate=motion.mask_rate)
+        settings = chunk or ChunkSettings(chunk_latents=cfg.latent_frames, motion="pixel",
+                                          motion_frames=motion.motion_frames, mask_rate=motion.mask_rate)
         # 1. what never changes: first conditioning latent, reference bank (once per video, not per clip)
         stream = ChunkedGenerator(self, reference, face_embedding, text_embeds, settings, sampler, generator)
-        new = stream.new_frames()
-        clips = clip_count(length, settings.clip_frames, motion.motion_frames)
-        emitted = 0
+        clips = chunk_count(stream, length)
+        emitted = taken = 0
         for clip in range(clips):
             # 2. denoise one clip on its new audio frames (a short last clip repeats its last frame)
-            features = pad_frames(audio_features[clip * new:(clip + 1) * new], new)
+            new = stream.new_frames()
+            features = pad_frames(audio_features[taken:taken + new], new)
+            taken += new
             step_progress = (lambda step, steps, c=clip: progress(c, clips, step, steps)) if progress else False
             latents = stream.denoise(features, progress=step_progress)
             # 3. decode; the last frames condition the next clip; emit the new frames, trimmed to the audio
             frames = stream.decode(latents)[:, :length - emitted]  # (3, T, H, W) in [-1, 1]
             emitted += frames.shape[1]
             yield to_uint8(frames, reference.crop)
+
+
+def chunk_count(stream: ChunkedGenerator, frames: int) -> int:
+    """Chunks `stream` needs for `frames` new frames (its first chunk may add a different number)."""
+    first, then = stream.new_frames(0), stream.new_frames(1)
+    return 1 + max(0, math.ceil((frames - first) / then))
 
 
 def to_uint8(frames: torch.Tensor, crop: tuple[int, int] | None = None) -> torch.Tensor:
@@ -162,7 +172,7 @@ def load_pipeline(
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
 ) -> tuple[Hallo3Pipeline, "AudioFeatureExtractor"]:
-    """The pipeline and its audio feature extractor from a preset name or a checkpoint.
+    """The pipeline and its audio feature extractor from a model name (`demo`), a preset name or a checkpoint.
 
     A preset builds every component with that preset's seeded weights. For a checkpoint path, the VAE and
     the audio encoder are `vae` / `audio_encoder` when given; otherwise they are looked for where the
@@ -173,8 +183,10 @@ def load_pipeline(
     """
     from .audio_features import AudioFeatureExtractor
     from .config import PRESETS
+    from .models import resolve_model
     from .weights import load_dit, load_reference_net, load_vae
 
+    model = resolve_model(model)  # `demo` -> its folder in the package
     if isinstance(model, str) and model in PRESETS:
         vae_source, audio_source = vae or model, audio_encoder or model
     else:

@@ -53,7 +53,11 @@ class Engine:
         from .cli import apply_kernels_arg
         from .devices import resolve_device
 
+        from hallo_rt.engine.models import model_defaults, uses_face_embedding
+
         resolved = resolve_device(device)
+        # a model folder's own settings (the demo: what it was distilled for) under the caller's
+        settings = {**model_defaults(model), **settings}
         _check_settings(settings)  # before the (slow) load
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
@@ -81,6 +85,7 @@ class Engine:
             pipeline, extractor, backend_used = graph_pipeline(pipeline, extractor, backend, artifacts,
                                                                options=backend_options, quiet=True, chunk=chunk)
         self._setup(pipeline, extractor, backend_used, settings, name=str(model))
+        self.face_embedding_used = uses_face_embedding(model)
 
     @classmethod
     def from_pipeline(cls, pipeline, extractor, backend_used: dict | None = None, **settings: Any) -> "Engine":
@@ -98,6 +103,7 @@ class Engine:
         self._denoise_lock, self._decode_lock = threading.Lock(), threading.Lock()
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self._native = None
+        self.face_embedding_used = True
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -128,8 +134,8 @@ class Engine:
         array = _as_image(image)
         face = _as_tensor(face_embedding, (cfg.face_embed_dim,), "face_embedding")
         if face is None:
-            warnings.warn("no face embedding given: using zeros (identity suffers)",
-                          stacklevel=2)
+            if self.face_embedding_used:  # the demo was trained on zeros: nothing to warn about
+                warnings.warn("no face embedding given: using zeros (identity suffers)", stacklevel=2)
             face = torch.zeros(cfg.face_embed_dim)
         text = _as_tensor(text_embeds, (cfg.text_len, cfg.text_dim), "text_embeds")
         text = torch.zeros(cfg.text_len, cfg.text_dim) if text is None else text

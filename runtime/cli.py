@@ -27,7 +27,9 @@ def _device(name: str) -> torch.device:
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny", help="preset name or checkpoint path (default: tiny)")
+    parser.add_argument("--model", default="tiny",
+                        help="preset name (tiny, hallo3), a checkpoint path or model folder, or demo once its "
+                             "weights are built (default: tiny)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--kernels", default="none", choices=["none", "triton", "reference"],
@@ -161,9 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "into the artifact cache unless --artifacts is given; tensorrt needs --artifacts")
     p.add_argument("--artifacts", default=None,
                    help="exported graphs (hallo-rt export --out DIR) or TensorRT plans (hallo-rt build --out DIR)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50, the reference)")
-    p.add_argument("--cfg", type=float, default=3.5, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--sampler", default="dpmpp2m_sde", choices=["dpmpp2m_sde", "ddim"])
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: the model folder's own, else 50, the reference)")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="classifier-free guidance scale, 1 = off (default: the model folder's own, else 3.5)")
+    p.add_argument("--sampler", default=None, choices=["dpmpp2m_sde", "ddim"],
+                   help="default: the model folder's own, else dpmpp2m_sde")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--face-embedding", default=None, help="precomputed 512-d face embedding (.npy/.safetensors)")
     p.add_argument("--face-models", default="pretrained_models/face_analysis",

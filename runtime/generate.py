@@ -81,7 +81,18 @@ def _generate(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
-    sampler = SamplerConfig(kind=args.sampler, steps=args.steps, cfg_scale=args.cfg)  # bad values fail here
+    from hallo_rt.engine.chunks import ChunkSettings
+    from hallo_rt.engine.models import model_defaults, uses_face_embedding
+
+    # a model folder may carry the settings it was trained for (the demo: 2 DDIM steps, latent-motion chunks);
+    # otherwise Hallo3's reference: 50 dpmpp2m-SDE steps with CFG 3.5 over 13-latent clips
+    trained = model_defaults(args.model)
+    sampler = SamplerConfig(kind=args.sampler or trained.get("sampler", "dpmpp2m_sde"),  # bad values fail here
+                            steps=args.steps if args.steps is not None else trained.get("steps", 50),
+                            cfg_scale=args.cfg if args.cfg is not None else trained.get("cfg", 3.5))
+    chunk = None
+    if trained.get("motion") == "latent":
+        chunk = ChunkSettings(chunk_latents=trained.get("chunk_latents", 2), motion="latent")
     if device.type == "cpu" and args.dtype == "fp16":
         # measured here: one VAE-sized conv3d takes 18.8 s in fp16 against 0.22 s in fp32 and 0.11 s in bf16
         warnings.warn("fp16 on CPU is very slow in PyTorch (most CPUs have no fp16 convolution kernels; "
@@ -108,13 +119,17 @@ def _generate(args: argparse.Namespace) -> int:
         pipeline, extractor, backend_used = graph_pipeline(pipeline, extractor, args.backend, args.artifacts,
                                                            quiet=args.quiet)
     cfg = pipeline.dit.config
-    face, face_source = resolve_face_embedding(image, args.face_embedding, args.face_models, cfg.face_embed_dim)
+    if args.face_embedding is None and not uses_face_embedding(args.model):
+        face, face_source = torch.zeros(cfg.face_embed_dim), "none (the model was trained without)"
+    else:
+        face, face_source = resolve_face_embedding(image, args.face_embedding, args.face_models,
+                                                   cfg.face_embed_dim)
     text, text_source = resolve_text_embeddings(args.text_embeddings, cfg.text_len, cfg.text_dim)
     load_s = time.perf_counter() - t0
 
     # 2. audio features, padded to whole clips as Hallo3 does; the video is trimmed to the audio
     t0 = time.perf_counter()
-    features = extractor(waveform, clip_length=pipeline.clip_frames)
+    features = extractor(waveform, clip_length=pipeline.clip_frames if chunk is None else None)
     audio_s = time.perf_counter() - t0
     reference = prepare_reference(image, *pipeline.clip_size, face_mask=face_mask)
     height, width = pipeline.clip_size
@@ -122,7 +137,11 @@ def _generate(args: argparse.Namespace) -> int:
         width = reference.crop[1]
 
     # 3. generate and write clip by clip
-    clips = clip_count(num_frames, pipeline.clip_frames, MotionConfig().motion_frames)
+    if chunk is None:
+        clips = clip_count(num_frames, pipeline.clip_frames, MotionConfig().motion_frames)
+    else:
+        first = 4 * chunk.chunk_latents - (3 if chunk.chunk_latents % 2 else 0)
+        clips = 1 + max(0, -(-(num_frames - first) // (4 * chunk.chunk_latents)))
     bar = None
     if not args.quiet:
         from tqdm.auto import tqdm
@@ -138,7 +157,7 @@ def _generate(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     with Mp4Writer(args.out, width, height, fps=FPS, audio_path=args.audio) as writer:
         for frames in pipeline.generate(reference, features, face, text, sampler, generator=generator,
-                                        progress=on_step, num_frames=num_frames):
+                                        progress=on_step, num_frames=num_frames, chunk=chunk):
             writer.write(frames.numpy())
     generate_s = time.perf_counter() - t0
     if bar is not None:

@@ -37,12 +37,16 @@ def add_stream_command(sub) -> None:
     p.add_argument("--backend", default="torch", choices=["torch", "torch-compile", "onnxruntime", "tensorrt"],
                    help="torch-compile: the denoiser compiled by TorchInductor (compiles on first use)")
     p.add_argument("--artifacts", default=None, help="exported graphs or TensorRT plans for --backend")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk (default: 4)")
-    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (default: 1 = off)")
-    p.add_argument("--sampler", default="dpmpp2m_sde", choices=["dpmpp2m_sde", "ddim"])
-    p.add_argument("--chunk-latents", type=int, default=3, help="latent frames per chunk (1 = 4 video frames)")
-    p.add_argument("--motion", default="pixel", choices=["pixel", "latent"],
-                   help="pixel: Hallo3's re-encoded motion frames; latent: the previous chunk's latents")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps per chunk (default: the model folder's own, else 4)")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: 1 = off)")
+    p.add_argument("--sampler", default=None, choices=["dpmpp2m_sde", "ddim"],
+                   help="default: the model folder's own, else dpmpp2m_sde")
+    p.add_argument("--chunk-latents", type=int, default=None,
+                   help="latent frames per chunk, 1 = 4 video frames (default: the model folder's own, else 3)")
+    p.add_argument("--motion", default=None, choices=["pixel", "latent"],
+                   help="pixel: Hallo3's re-encoded motion frames; latent: the previous chunk's latents "
+                        "(default: the model folder's own, else pixel)")
     p.add_argument("--backpressure", default="wait", choices=["wait", "drop"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--face-embedding", default=None, help="precomputed 512-d face embedding (.npy/.safetensors)")
@@ -64,6 +68,11 @@ def _check_args(args: argparse.Namespace) -> None:
         check_writable(args.out)
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict:
+    """The settings given on the command line (the rest come from the model, then the engine's defaults)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _source(args: argparse.Namespace):
@@ -123,8 +132,8 @@ def run_stream(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         live = args.mic or args.realtime
         engine = Engine(args.model, backend=args.backend, device=args.device, dtype=args.dtype, kernels=args.kernels,
-                        artifacts=args.artifacts, steps=args.steps, cfg=args.cfg, sampler=args.sampler,
-                        chunk_latents=args.chunk_latents, motion=args.motion, backpressure=args.backpressure,
+                        artifacts=args.artifacts, **_given(args, "steps", "cfg", "sampler", "chunk_latents", "motion"),
+                        backpressure=args.backpressure,
                         offline_features=args.offline_features, idle=live)
         cfg = engine.pipeline.dit.config
         face = load_face_embedding(args.face_embedding, cfg.face_embed_dim) if args.face_embedding else None

@@ -51,7 +51,7 @@ def test_wheel_maps_folders_under_hallo_rt(tmp_path):
     for expected in ("hallo_rt/__init__.py", "hallo_rt/engine/dit.py", "hallo_rt/engine/weights/sat.py",
                      "hallo_rt/runtime/cli.py", "hallo_rt/kernels/__init__.py", "hallo_rt/export/__init__.py",
                      "hallo_rt/runtime/backends/__init__.py", "hallo_rt/benchmarks/stream_bench.py",
-                     "hallo_rt/benchmarks/cost_model.py"):
+                     "hallo_rt/benchmarks/cost_model.py", "hallo_rt/train/train_denoiser.py"):
         assert expected in names
     assert not any(n.startswith("hallo_rt/tests/") or n.startswith("hallo_rt/benchmarks/results/") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

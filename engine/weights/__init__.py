@@ -9,7 +9,8 @@ Formats, detected from the path:
   (c) a diffusers `CogVideoXTransformer3DModel` folder (or a pipeline folder with `transformer/`);
   (d) hallo-rt's own format: a folder with `hallo_rt.json` (config + provenance), `dit.safetensors` and,
       when there is one, `reference_net.safetensors`.
-A preset name builds that preset with deterministic seeded weights.
+A preset name builds that preset with deterministic seeded weights; `demo` is the trained avatar's folder
+inside the package (`engine.models`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 
 from ..config import PRESETS, DiTConfig, get_preset
 from ..dit import HalloDiT
+from ..models import resolve_model
 from ..reference import ReferenceNet, reference_config
 from ..vae import CogVideoXVae
 from . import diffusers_format, sat, vae_format
@@ -98,6 +100,7 @@ def load_dit(
     match it exactly: missing, unexpected and mis-shaped keys are all reported. `seed` is used by presets.
     """
     dtype = resolve_dtype(dtype)
+    path_or_preset = resolve_model(path_or_preset)
     fmt = detect_format(path_or_preset)
     if fmt == "preset":
         cfg = config or get_preset(str(path_or_preset))
@@ -118,6 +121,7 @@ def load_reference_net(
     CogVideoX checkpoint (SAT or diffusers): its backbone, as Hallo3 stage 1 initialises it; hallo-rt
     folders: `reference_net.safetensors`. `config` is the denoiser's or the reference's config."""
     dtype = resolve_dtype(dtype)
+    path_or_preset = resolve_model(path_or_preset)
     fmt = detect_format(path_or_preset)
     if fmt == "preset":
         cfg = reference_config(config or get_preset(str(path_or_preset)))

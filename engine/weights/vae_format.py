@@ -177,7 +177,10 @@ def load_vae(
     SAT `3d-vae.pt` (the file, or a folder holding it or `vae/3d-vae.pt`), a diffusers
     `AutoencoderKLCogVideoX` folder (or a pipeline folder with `vae/`), or a hallo-rt folder with a VAE.
     Loading is strict: missing, unexpected and mis-shaped keys are all reported."""
+    from ..models import resolve_model
+
     dtype = resolve_dtype(dtype)
+    path_or_preset = resolve_model(path_or_preset)
     if isinstance(path_or_preset, str) and path_or_preset in VAE_PRESETS:
         model = seeded_init_(CogVideoXVae(config or get_vae_preset(path_or_preset)), seed)
         return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

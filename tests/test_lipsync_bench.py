@@ -1,0 +1,66 @@
+"""The lip-sync benchmark's measures (`benchmarks/lipsync.py`) on known inputs, and the example avatar."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hallo_rt.benchmarks.lipsync import chunk_starts, identity_metrics, pearson, seam_ratio
+
+
+def test_the_measure_reads_the_ground_truth_mouth():
+    """The benchmark's pixel measure itself, on ground-truth frames at the neutral pose it uses."""
+    from hallo_rt.benchmarks.lipsync import heldout_clips, measured_openings, pearson
+
+    (clip,), _ = heldout_clips(1, 3.0)
+    assert pearson(measured_openings(clip.frames, clip.identity), clip.opening) > 0.95
+    assert np.isfinite(clip.opening).all()
+
+
+def test_chunk_starts_follow_the_latent_motion_frame_counts():
+    assert chunk_starts(30, 2) == [8, 16, 24]  # even chunks: 4F frames from the start
+    assert chunk_starts(30, 3) == [9, 21]  # odd chunks: the first decodes 4F - 3
+    assert chunk_starts(5, 1) == [1, 5][:1]
+
+
+def test_seam_ratio_sees_a_jump_at_chunk_starts_and_not_elsewhere():
+    frames = np.zeros((24, 4, 4, 3), np.uint8)
+    frames += (2 * np.arange(24)).astype(np.uint8)[:, None, None, None]  # a steady ramp: 2 levels per frame
+    assert seam_ratio(frames, [8, 16]) == pytest.approx(1.0)
+    jumpy = frames.copy()
+    jumpy[8:] += 20  # a 20-level step into frame 8
+    assert seam_ratio(jumpy, [8, 16]) == pytest.approx((22 + 2) / 2 / 2)
+    assert seam_ratio(frames, []) is None
+
+
+def test_identity_metrics_on_identical_and_shifted_frames():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    mask = np.ones((2, 32, 32), bool)
+    same = identity_metrics(frames, frames, mask)
+    assert same["ssim"] == pytest.approx(1.0) and same["psnr_db"] > 100
+    off = np.clip(frames.astype(int) + 16, 0, 255).astype(np.uint8)
+    assert identity_metrics(off, frames, mask)["psnr_db"] < 30
+    assert pearson(np.arange(5), np.arange(5) * 2 + 1) == pytest.approx(1.0)
+    assert pearson(np.ones(3), np.arange(3)) is None
+
+
+def test_example_avatar_is_the_documented_held_out_person():
+    import hashlib
+    import re
+    from pathlib import Path
+
+    from PIL import Image
+
+    from hallo_rt.train.clip_cache import reference_portrait
+    from hallo_rt.train.dataset import HELDOUT_IDENTITIES, identity_for_index
+    from hallo_rt.train.demo import DATA_SEED
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    row = [line for line in (examples / "README.md").read_text().splitlines() if line.startswith("| `avatar.png`")]
+    assert len(row) == 1
+    path = examples / "avatar.png"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == re.search(r"\b[0-9a-f]{64}\b", row[0]).group(0)
+    assert 1 < HELDOUT_IDENTITIES
+    np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")),
+                                  reference_portrait(identity_for_index(DATA_SEED, 1)))

@@ -16,8 +16,6 @@ from typing import Any
 
 DEMO = "demo"
 DEMO_FOLDER = Path(__file__).parent / "weights" / "demo"
-DEFAULT_MODEL = "tiny"
-"""What `--model` and `Engine(model=...)` default to (seeded random weights until the demo ships)."""
 
 ALIASES = {DEMO: DEMO_FOLDER}
 

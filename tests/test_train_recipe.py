@@ -132,3 +132,23 @@ def test_shipped_folder_round_trips_through_the_engine(tmp_path):
     assert engine.settings_for(steps=4, chunk_latents=3)[1].steps == 4  # the caller's settings win
     manifest = json.loads((out / "hallo_rt.json").read_text())
     assert manifest["face_embedding"] == "none" and manifest["stream_defaults"]["sampler"] == "ddim"
+    # generate runs a latent-motion folder with its own settings: whole-file features, the chunked loop
+    import contextlib
+    import io
+    from pathlib import Path
+
+    from hallo_rt.runtime.cli import main
+    from hallo_rt.runtime.media import probe
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["generate", "--model", str(out), "--image", str(examples / "avatar.png"), "--audio",
+                     str(examples / "speech.wav"), "--out", str(tmp_path / "out.mp4"), "--quiet", "--json"])
+    assert code == 0
+    summary = json.loads(stdout.getvalue())
+    frames = math.ceil(51137 / 640)  # examples/speech.wav: 51,137 samples at 16 kHz
+    assert (summary["sampler"], summary["steps"], summary["cfg_scale"]) == ("ddim", 2, 1.0)
+    assert summary["frames"] == frames == probe(tmp_path / "out.mp4").frames
+    assert summary["clips"] == 1 + math.ceil((frames - 8) / 8)  # 2-latent chunks: 8 new frames each
+    assert summary["face_embedding"].startswith("none")

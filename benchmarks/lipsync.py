@@ -150,8 +150,10 @@ def identity_metrics(generated: np.ndarray, truth: np.ndarray, mask: np.ndarray)
 
 def chunk_starts(frames: int, chunk_latents: int) -> list[int]:
     """Indices of the first frame of every chunk after the first (LatentMotion's frame counts)."""
-    first = 4 * chunk_latents - 3 if chunk_latents % 2 else 4 * chunk_latents
-    return list(range(first, frames, 4 * chunk_latents))
+    from hallo_rt.engine.chunks import latent_chunk_frames
+
+    first, then = (latent_chunk_frames(chunk_latents, start) for start in (True, False))
+    return list(range(first, frames, then))
 
 
 def seam_ratio(frames: np.ndarray, starts: list[int]) -> float | None:
@@ -187,8 +189,7 @@ def evaluate(variant: Variant, clips, portraits, cache: dict, keep_series: bool 
         opening = measured_openings(frames, clip.identity)
         measured.append(opening)
         truth.append(clip.opening)
-        shuffled.append(clips[(k + 1) % len(clips)].opening[:T] if clips[(k + 1) % len(clips)].opening.size >= T
-                        else np.resize(clips[(k + 1) % len(clips)].opening, T))
+        shuffled.append(np.resize(clips[(k + 1) % len(clips)].opening, T))  # cut or repeated to T frames
         per_clip.append(pearson(opening, clip.opening))
         mask = outside_mouth_mask(clip.identity, clip.poses, frames.shape[1])
         idents.append(identity_metrics(frames, clip.frames, mask))

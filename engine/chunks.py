@@ -173,11 +173,9 @@ class LatentMotion(MotionConditioning):
         F = self.settings.chunk_latents
         self._last: torch.Tensor | None = None
         self._decoder = generator.pipeline.vae.stream_decoder(Grouping(first=F, then=F))
-        # the causal VAE decodes a stream's first latent frame to one video frame when the first group is odd
-        self._first_frames = 4 * F - 3 if F % 2 else 4 * F
 
     def new_frames(self, chunk: int) -> int:
-        return self._first_frames if chunk == 0 else 4 * self.settings.chunk_latents
+        return latent_chunk_frames(self.settings.chunk_latents, first=chunk == 0)
 
     def denoiser_audio(self, chunk: int, features: torch.Tensor) -> torch.Tensor:
         return features
@@ -194,6 +192,12 @@ class LatentMotion(MotionConditioning):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.gen.pipeline.vae
         return self._decoder.decode(latents.permute(0, 2, 1, 3, 4) * (1.0 / vae.config.scaling_factor))[0]
+
+
+def latent_chunk_frames(chunk_latents: int, first: bool) -> int:
+    """Video frames a latent-motion chunk adds: 4F, except a stream's first chunk when F is odd, whose first
+    latent frame decodes to one video frame (the causal VAE keeps frame 0 apart in an odd first group)."""
+    return 4 * chunk_latents - 3 if first and chunk_latents % 2 else 4 * chunk_latents
 
 
 MOTION_MODES: dict[str, type[MotionConditioning]] = {"pixel": PixelMotion, "latent": LatentMotion}

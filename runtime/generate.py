@@ -81,7 +81,7 @@ def _generate(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
-    from hallo_rt.engine.chunks import ChunkSettings
+    from hallo_rt.engine.chunks import ChunkSettings, latent_chunk_frames
     from hallo_rt.engine.models import model_defaults, uses_face_embedding
 
     # a model folder may carry the settings it was trained for (the demo: 2 DDIM steps, latent-motion chunks);
@@ -140,8 +140,8 @@ def _generate(args: argparse.Namespace) -> int:
     if chunk is None:
         clips = clip_count(num_frames, pipeline.clip_frames, MotionConfig().motion_frames)
     else:
-        first = 4 * chunk.chunk_latents - (3 if chunk.chunk_latents % 2 else 0)
-        clips = 1 + max(0, -(-(num_frames - first) // (4 * chunk.chunk_latents)))
+        first, then = (latent_chunk_frames(chunk.chunk_latents, start) for start in (True, False))
+        clips = 1 + max(0, -(-(num_frames - first) // then))
     bar = None
     if not args.quiet:
         from tqdm.auto import tqdm

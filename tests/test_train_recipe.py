@@ -152,3 +152,27 @@ def test_shipped_folder_round_trips_through_the_engine(tmp_path):
     assert summary["frames"] == frames == probe(tmp_path / "out.mp4").frames
     assert summary["clips"] == 1 + math.ceil((frames - 8) / 8)  # 2-latent chunks: 8 new frames each
     assert summary["face_embedding"].startswith("none")
+
+
+def test_check_samples_a_chunk_as_the_engine_sampler_does():
+    """train.check's chunks are what `engine.sampling.sample` (DDIM, no CFG) gives on the same inputs."""
+    from hallo_rt.engine.sampling import Conditioning, SamplerConfig, sample
+    from hallo_rt.train.check import CHUNK, sample_chunk
+    from hallo_rt.train.demo import DIT_DEMO
+    from hallo_rt.train.train_denoiser import DemoAvatar
+
+    torch.manual_seed(0)
+    model = DemoAvatar(seed=5).eval()
+    shape = (DIT_DEMO.out_channels, DIT_DEMO.latent_height, DIT_DEMO.latent_width)
+    motion, reference = torch.randn(shape), torch.randn(shape)
+    features = torch.randn(1, 4 * CHUNK, DIT_DEMO.audio_window, DIT_DEMO.audio_layers, DIT_DEMO.audio_dim)
+    with torch.no_grad():
+        mine = sample_chunk(model, 3, motion, reference, features, torch.Generator().manual_seed(7))
+        concat = torch.zeros(1, CHUNK, *shape)
+        concat[0, 0] = motion
+        cond = Conditioning(concat, torch.zeros(1, DIT_DEMO.text_len, DIT_DEMO.text_dim), audio=features,
+                            face=torch.zeros(1, DIT_DEMO.face_embed_dim),
+                            ref_bank=model.reference_net(reference[None, None]))
+        engine = sample(model.dit, cond, SamplerConfig(kind="ddim", steps=3, cfg_scale=1.0),
+                        generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(mine, engine[0], rtol=1e-5, atol=1e-5)

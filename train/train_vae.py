@@ -118,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     vae = CogVideoXVae(VAE_DEMO)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    stage = Stage.open(args, {"stage": "vae", "vae": VAE_DEMO.to_dict(), "pool": args.pool, "crop": args.crop,
+    # the latent scale is the denoiser's concern (its data's variance), not this stage's: leaving it out lets a
+    # VAE trained under one scale be resumed after the scale changes
+    architecture = {k: v for k, v in VAE_DEMO.to_dict().items() if k != "scaling_factor"}
+    stage = Stage.open(args, {"stage": "vae", "vae": architecture, "pool": args.pool, "crop": args.crop,
                               "data_seed": DATA_SEED}, {"vae": vae}, optimizer)
     pool, boxes = build_pool(DATA_SEED, args.pool)
     crop_steps = int(0.75 * args.steps) if args.crop else 0

@@ -1,0 +1,129 @@
+"""Where lip sync is lost: the VAE's ceiling, the denoiser on true motion, the denoiser on its own outputs.
+
+    python -m hallo_rt.train.check --vae runs/vae [--denoiser runs/denoiser] [--steps 8] [--clips 2]
+
+On held-out clips, the mouth opening measured in three sets of frames is correlated with the ground truth
+(Pearson r, pooled over the clips, as `benchmarks.lipsync` does):
+  * `vae`: the clip encoded and decoded, 2 latent frames at a time (what any denoiser can reach at best);
+  * `teacher_forced`: every 2-latent chunk sampled with the clip's true previous latent frame as its motion;
+  * `rolled_out`: the same, each chunk on the previous chunk's own last latent frame (as a stream runs).
+A low `vae` means train the VAE longer; `teacher_forced` far below `vae`, the denoiser does not draw the
+mouth from the audio; `rolled_out` far below `teacher_forced`, its outputs drift from what it was trained on.
+The chunks run the training-side modules with DDIM (`--steps`, no CFG) in the engine's arithmetic.
+Prints a JSON report (also written with `--out FILE`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine.sampling import SamplerConfig, ddim_step, make_schedule
+from .demo import CONTEXT_FRAMES
+from .loop import load_stage_modules
+from .stream_features import chunk_features
+from .train_denoiser import ChunkExamples, DemoAvatar, load_vae, predict_v
+
+CHUNK = 2
+
+
+def sample_chunk(model: DemoAvatar, steps: int, motion: torch.Tensor, reference: torch.Tensor, features,
+                 generator: torch.Generator) -> torch.Tensor:
+    """One chunk's CHUNK latent frames (F, C, h, w) from noise, DDIM without guidance."""
+    from .distill import x0_from_v
+
+    schedule = make_schedule(SamplerConfig(kind="ddim", steps=steps, cfg_scale=1.0))
+    blank = ChunkExamples({"latents": []})
+    concat = torch.zeros(1, CHUNK, *motion.shape)
+    concat[0, 0] = motion
+    x = torch.randn(concat.shape, generator=generator)
+    for i, t in enumerate(schedule.timesteps):
+        a, a_next = schedule.alphas[i], schedule.alphas[i + 1]
+        v = predict_v(model, x, concat, reference[None, None], features, t.view(1), blank.text, blank.face)
+        x0 = x0_from_v(x, v.float(), a.view(1), schedule.table)
+        x = ddim_step(x, x0, float(a), float(a_next)) if i + 1 < steps else x0
+    return x[0]
+
+
+def decode(vae, latents: torch.Tensor) -> np.ndarray:
+    """(L, C, h, w) scaled latents -> (4L, H, W, 3) uint8, CHUNK latent frames per decode."""
+    s = vae.config.scaling_factor
+    pieces = [vae.decode(latents[i:i + CHUNK].permute(1, 0, 2, 3)[None] / s) for i in range(0, len(latents), CHUNK)]
+    frames = torch.cat(pieces, dim=2)[0].permute(1, 2, 3, 0)
+    return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+@torch.no_grad()
+def check(vae_folder: Path, denoiser_folder: Path | None, steps: int, clips: int, seconds: float) -> dict:
+    from ..benchmarks.lipsync import measured_openings, pearson
+    from .clip_cache import dataset, reference_portrait
+
+    vae = load_vae(vae_folder)
+    s = vae.config.scaling_factor
+    model = None
+    if denoiser_folder is not None:
+        model = DemoAvatar(0)
+        model.load_state_dict(load_stage_modules(denoiser_folder, "denoiser")["model"])
+        model.eval()
+    data = dataset("heldout", clip_seconds=seconds)
+    measured: dict[str, list] = {"vae": [], "teacher_forced": [], "rolled_out": []}
+    truth: list[np.ndarray] = []
+    for c in range(clips):
+        clip = data[c]
+        video = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+        usable = video.shape[1] // (4 * CHUNK) * (4 * CHUNK)
+        latents = torch.cat([vae.encode(video[None, :, i:i + 4 * CHUNK], sample=False)
+                             for i in range(0, usable, 4 * CHUNK)], dim=2)[0].permute(1, 0, 2, 3) * s
+        outputs = {"vae": latents}
+        if model is not None:
+            portrait = torch.from_numpy(reference_portrait(clip.identity)).permute(2, 0, 1).float() / 127.5 - 1.0
+            reference = vae.encode(portrait[None, :, None], sample=False)[0, :, 0] * s
+            audio = np.pad(clip.audio, (0, 16000))  # the lookahead past the clip's end is silence
+            forced, rolled = [latents[:1]], [latents[:1]]
+            for j in range(1, len(latents) - CHUNK + 1, CHUNK):
+                features = chunk_features(model.audio, [audio], [4 * j], 4 * CHUNK, context=CONTEXT_FRAMES)
+                forced.append(sample_chunk(model, steps, latents[j - 1], reference, features,
+                                           torch.Generator().manual_seed(j)))
+                rolled.append(sample_chunk(model, steps, rolled[-1][-1], reference, features,
+                                           torch.Generator().manual_seed(j)))
+            outputs["teacher_forced"], outputs["rolled_out"] = torch.cat(forced), torch.cat(rolled)
+        frames = {k: decode(vae, v[: len(v) // CHUNK * CHUNK]) for k, v in outputs.items()}
+        count = min(len(f) for f in frames.values())
+        truth.append(clip.opening[:count])
+        for k, f in frames.items():
+            measured[k].append(measured_openings(f[:count], clip.identity))
+    pooled = np.concatenate(truth)
+    report = {"vae": str(vae_folder), "denoiser": str(denoiser_folder) if denoiser_folder else None,
+              "steps": steps, "clips": clips, "seconds": seconds, "frames": int(pooled.size)}
+    for k, m in measured.items():
+        if m:
+            report[f"lipsync_r_{k}"] = pearson(np.concatenate(m), pooled)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hallo_rt.train.check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vae", type=Path, default=Path("runs/vae"), help="stage 1's folder")
+    parser.add_argument("--denoiser", type=Path, default=None, help="stage 2's (or a distill round's) folder")
+    parser.add_argument("--steps", type=int, default=8, help="DDIM steps per chunk (default 8)")
+    parser.add_argument("--clips", type=int, default=2, help="held-out clips (default 2)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per clip (default 3)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.clips < 1 or args.seconds < 1:
+        parser.error("--steps and --clips must be >= 1 and --seconds >= 1")
+    report = check(args.vae, args.denoiser, args.steps, args.clips, args.seconds)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -285,10 +285,18 @@ def main(argv: list[str] | None = None) -> int:
 
     clips, portraits = heldout_clips(args.clips, args.seconds)
     cache: dict = {}
-    results = []
+    results, failed = [], []
     for i, variant in enumerate(variants_from_args(args)):
         print(f"[{i + 1}] {variant.label} ...", file=sys.stderr, flush=True)
-        results.append(evaluate(variant, clips, portraits, cache, keep_series=i == 0))
+        try:
+            results.append(evaluate(variant, clips, portraits, cache, keep_series=i == 0))
+        except Exception as exc:  # one variant failing (a backend, a model) must not lose the others' results
+            if i == 0:
+                raise  # the shipped model's own stream: nothing to report without it
+            failed.append({"label": variant.label, "model": variant.model, "backend": variant.backend,
+                           "error": f"{type(exc).__name__}: {exc}"})
+            print(f"    FAILED: {failed[-1]['error']}", file=sys.stderr, flush=True)
+            continue
         r = results[-1]
         print(f"    lip-sync r {r['lipsync_r']:.3f} (shuffled audio {r['lipsync_r_shuffled_audio']:.3f}), PSNR "
               f"{r['psnr_outside_mouth_db']:.1f} dB, SSIM {r['ssim_outside_mouth']:.3f}, seams "
@@ -299,11 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     given = argv if argv is not None else sys.argv[1:]
     report = {"command": "python -m hallo_rt.benchmarks.lipsync " + " ".join(given),
               "machine": machine(), "versions": versions(), "clips": args.clips, "seconds_per_clip": args.seconds,
-              "target": {"lipsync_r_streaming_distilled": 0.7}, "results": results, "plotted": series}
+              "target": {"lipsync_r_streaming_distilled": 0.7}, "results": results, "failed": failed,
+              "plotted": series}
     (args.out_dir / "lipsync.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(series, results[0]["label"], results[0]["lipsync_r"], args.out_dir / "lipsync.png")
     print(f"wrote {args.out_dir / 'lipsync.json'} and lipsync.png", file=sys.stderr)
-    return 0
+    if failed:
+        print(f"{len(failed)} variant(s) failed: " + ", ".join(f["label"] for f in failed), file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

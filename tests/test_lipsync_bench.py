@@ -64,3 +64,31 @@ def test_example_avatar_is_the_documented_held_out_person():
     assert 1 < HELDOUT_IDENTITIES
     np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")),
                                   reference_portrait(identity_for_index(DATA_SEED, 1)))
+
+
+def test_a_failing_variant_is_recorded_and_the_others_kept(tmp_path, monkeypatch):
+    """One backend failing must not lose the other variants' results; the command then exits 1."""
+    import json
+
+    from hallo_rt.benchmarks import lipsync
+
+    def evaluate(variant, clips, portraits, cache, keep_series=False):
+        if variant.backend == "onnxruntime":
+            raise RuntimeError("no onnxruntime here")
+        result = {"label": variant.label, "lipsync_r": 0.8, "lipsync_r_shuffled_audio": 0.0,
+                  "psnr_outside_mouth_db": 30.0, "ssim_outside_mouth": 0.9, "seam_ratio": 1.0,
+                  "seam_ratio_ground_truth": 1.0, "wall_s": 1.0}
+        if keep_series:
+            result["series"] = {"measured": [0.0], "truth": [0.0], "loudness_db": [-60.0], "sentence": "x"}
+        return result
+
+    monkeypatch.setattr(lipsync, "heldout_clips", lambda count, seconds: ([], []))
+    monkeypatch.setattr(lipsync, "evaluate", evaluate)
+    monkeypatch.setattr(lipsync, "plot", lambda *args: None)
+    code = lipsync.main(["--backends", "torch,onnxruntime", "--chunks", "2,3", "--out-dir", str(tmp_path)])
+    report = json.loads((tmp_path / "lipsync.json").read_text())
+    assert code == 1
+    assert [r["label"] for r in report["results"]] == ["shipped, stream", "shipped, offline",
+                                                       "shipped, stream, chunk 3"]
+    assert report["failed"] == [{"label": "shipped, stream, onnxruntime", "model": "demo", "backend": "onnxruntime",
+                                 "error": "RuntimeError: no onnxruntime here"}]

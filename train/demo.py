@@ -19,14 +19,15 @@ DATA_SEED = 0
 TRAIN_IDENTITIES = 4096
 """Training people: identity indices [64, 64 + 4096) under DATA_SEED (0-63 are the held-out people)."""
 
-VAE_DEMO = dataclasses.replace(VAE_TINY, name="demo", channel_multipliers=(1, 2, 4), scaling_factor=3.0)
+VAE_DEMO = dataclasses.replace(VAE_TINY, name="demo", channel_multipliers=(1, 2, 4), scaling_factor=4.0)
 """The `tiny` VAE's widths with three levels instead of four (8-16-32): 128 x 128 frames -> 32 x 32 x 16
 latents, 4x in time (both levels halve time). Four levels (8x in space, 48x compression) learned too slowly
 on this machine: after 400 steps its reconstructions were still 8-pixel blocks without a visible mouth;
-with 12x compression the mouth survives. `scaling_factor` 3.0 brings the trained VAE's latents (standard
-deviation about 0.32) to unit variance for the denoiser: with CogVideoX's 0.7 the data sat at a tenth of the
-noise's variance and a denoiser trained on it could not be sampled in more than one step (its x0 error at
-mid-schedule timesteps exceeded the data's variance)."""
+with 12x compression the mouth survives. `scaling_factor` 4.0 brings the trained VAE's latents (standard
+deviation about 0.25 after 2500 steps) to unit variance for the denoiser: with CogVideoX's 0.7 the data
+sat far below the noise's variance (about 1/20 in the first run) and a denoiser trained on it could not be
+sampled in more than one step (its x0 error at mid-schedule timesteps exceeded the data's variance). The
+scale is not a VAE training setting: the VAE stage does not record it."""
 
 AUDIO_DEMO = dataclasses.replace(TINY_AUDIO, name="demo")
 """The `tiny` audio encoder's shape (7 CNN layers at 32 channels, 4 transformer layers 32 wide, 50 Hz),
@@ -43,10 +44,14 @@ DIT_DEMO = dataclasses.replace(
     latent_frames=4,  # learned positions for chunks of 1 to 4 latent frames
     latent_height=32,  # 128 px / 4 (VAE_DEMO's three levels)
     latent_width=32,
-    patch_size=4,  # 4 x 4 patches: still 64 tokens per latent frame
+    patch_size=2,  # CogVideoX's 2 x 2 patches: 256 tokens per latent frame
     audio_hidden_dim=128,
 )
-"""128 wide, 4 layers; 64 video tokens per latent frame (32 x 32 latents, 4 x 4 patches)."""
+"""128 wide, 4 layers; 256 video tokens per latent frame (32 x 32 latents, 2 x 2 patches). A token's patch
+holds 2 x 2 x 16 = 64 latent values, fewer than the 128 the token carries. The first run used 4 x 4 patches
+(256 values per 128-wide token, to keep 64 tokens per frame): the patch embedding then cannot carry the noise
+through, so the v-prediction could not remove it, and its samples stayed grainy even with the true previous
+latent as motion (a teacher-forced check gave lip-sync r = 0.12 there)."""
 
 CHUNK_LATENTS = 2
 """The chunk the runtime streams with: 2 latent frames = 8 video frames = 320 ms."""

@@ -93,12 +93,12 @@ def distill_loss(student, teacher, examples: ChunkExamples, rng, generator, batc
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hallo_rt.train.distill", description=__doc__.split("\n\n")[0])
-    add_common_args(parser, steps=400, lr=1e-4)
+    add_common_args(parser, steps=300, lr=1e-4)
     parser.add_argument("--teacher", type=Path, default=Path("runs/denoiser"), help="stage 2's folder")
     parser.add_argument("--vae", type=Path, default=Path("runs/vae"), help="stage 1's folder")
     parser.add_argument("--clips", type=Path, default=Path("runs/clips"), help="the clip_cache folder")
     parser.add_argument("--clip-count", type=int, default=320)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=parse_rounds, default=parse_rounds("8:4,4:2"),
                         help="TEACHER:STUDENT step pairs, each halving (default 8:4,4:2); --steps is per round")
     args = parser.parse_args(argv)

@@ -45,7 +45,7 @@ MASK_RATE = 0.1  # ChunkSettings.mask_rate: pixel dropout of the first chunk's m
 CHUNK_CHOICES = (1, 2, 3)
 CHUNK_PROBS = (0.2, 0.6, 0.2)
 FIRST_CHUNK_SHARE = 0.25
-MOTION_JITTER = 0.1
+MOTION_JITTER = 0.25
 
 
 class DemoAvatar(nn.Module):
@@ -200,11 +200,11 @@ def v_loss(model: DemoAvatar, examples: ChunkExamples, rng, generator, batch: in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hallo_rt.train.train_denoiser",
                                      description=__doc__.split("\n\n")[0])
-    add_common_args(parser, steps=2000, lr=6e-4)
+    add_common_args(parser, steps=4000, lr=6e-4)
     parser.add_argument("--vae", type=Path, default=Path("runs/vae"), help="stage 1's folder")
     parser.add_argument("--clips", type=Path, default=Path("runs/clips"), help="the clip_cache folder")
     parser.add_argument("--clip-count", type=int, default=320, help="training clips used (default 320)")
-    parser.add_argument("--batch", type=int, default=16, help="chunks per step (default 16)")
+    parser.add_argument("--batch", type=int, default=8, help="chunks per step (default 8)")
     args = parser.parse_args(argv)
     model = DemoAvatar(args.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))

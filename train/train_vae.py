@@ -2,7 +2,7 @@
 
     python -m hallo_rt.train.train_vae --out runs/vae
 
-The VAE is `demo.VAE_DEMO` (the `tiny` topology: four levels, two of them temporal, widths 8-16-32-64) and
+The VAE is `demo.VAE_DEMO` (the `tiny` topology with three levels, both temporal, widths 8-16-32) and
 learns to reconstruct 8-frame sequences (two latent frames, decoded as one group: what a stream of 2-latent
 chunks decodes) of training-split people with moving mouths, blinks and head sway. The loss is the L1 error of
 the decoded posterior means, weighted 8x more inside the mouth box (the part lip sync is read from), a small
@@ -110,7 +110,7 @@ def vae_loss(vae: CogVideoXVae, x: torch.Tensor, w: torch.Tensor) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hallo_rt.train.train_vae", description=__doc__.split("\n\n")[0])
-    add_common_args(parser, steps=1000, lr=1.5e-3)
+    add_common_args(parser, steps=2500, lr=1.5e-3)
     parser.add_argument("--pool", type=int, default=1200, help="rendered 8-frame sequences (default 1200)")
     parser.add_argument("--crop", type=int, default=0,
                         help="train the first 75%% of steps on crops of this size (default 0: whole frames)")

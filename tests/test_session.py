@@ -119,11 +119,14 @@ def test_every_sample_gets_its_frame_and_comes_back(parts):
 @pytest.mark.slow
 def test_ten_minutes_without_drift():
     """10 minutes of 44.1 kHz stereo pushed in random pieces: exactly ceil(samples / 640) frames, pts on
-    the audio timeline, every resampled sample re-emitted in place. Runs faster than real time."""
+    the audio timeline, every resampled sample re-emitted in place. The whole stream is pushed before any
+    frame is read, so the buffer limit covers all of it: how far the session gets meanwhile depends on the
+    machine's speed, which this test does not measure (benchmarks do)."""
+    rate, seconds = 44100, 600
     micro = dataclasses.replace(TINY, name="tiny-micro", latent_frames=13, latent_height=2, latent_width=2)
     engine = Engine.from_pipeline(_pipeline(micro), AudioFeatureExtractor.from_checkpoint("tiny"),
-                                  motion="latent", chunk_latents=13, steps=1, idle=False)
-    rate, seconds = 44100, 600
+                                  motion="latent", chunk_latents=13, steps=1, idle=False,
+                                  max_buffered_audio_s=seconds + 60)
     rng = np.random.default_rng(0)
     stereo = (0.2 * rng.standard_normal((rate * seconds, 2))).astype(np.float32)
     sizes = rng.integers(1, 9000, size=6000)
@@ -131,7 +134,6 @@ def test_ten_minutes_without_drift():
 
     reference = PcmConverter()
     resampled = []
-    start = time.perf_counter()
     with engine.session(np.zeros((16, 16, 3), np.uint8), face_embedding=np.zeros(512)) as session:
         position = 0
         for size in sizes:
@@ -152,10 +154,8 @@ def test_ten_minutes_without_drift():
             chunk = expected16[count * SAMPLES_PER_FRAME:(count + 1) * SAMPLES_PER_FRAME]
             assert np.array_equal(frame.audio[:chunk.size], chunk)
             count += 1
-    elapsed = time.perf_counter() - start
     assert expected.size == round(rate * seconds * 16000 / rate)
     assert count == video_frame_count(expected.size) == 15000
-    assert elapsed < seconds, f"{elapsed:.0f} s for {seconds} s of audio"
 
 
 # --- barge-in, backpressure, idle ---------------------------------------------------------------------------

@@ -23,31 +23,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.sampling import SamplerConfig, ddim_step, make_schedule
+from ..engine.sampling import Conditioning, SamplerConfig, sample
 from .demo import CONTEXT_FRAMES
 from .loop import load_stage_modules
 from .stream_features import chunk_features
-from .train_denoiser import ChunkExamples, DemoAvatar, load_vae, predict_v
+from .train_denoiser import ChunkExamples, DemoAvatar, encode_frames, load_vae
 
 CHUNK = 2
 
 
 def sample_chunk(model: DemoAvatar, steps: int, motion: torch.Tensor, reference: torch.Tensor, features,
                  generator: torch.Generator) -> torch.Tensor:
-    """One chunk's CHUNK latent frames (F, C, h, w) from noise, DDIM without guidance."""
-    from .distill import x0_from_v
-
-    schedule = make_schedule(SamplerConfig(kind="ddim", steps=steps, cfg_scale=1.0))
+    """One chunk's CHUNK latent frames (F, C, h, w) from noise: the engine's sampler, DDIM without guidance."""
     blank = ChunkExamples({"latents": []})
     concat = torch.zeros(1, CHUNK, *motion.shape)
     concat[0, 0] = motion
-    x = torch.randn(concat.shape, generator=generator)
-    for i, t in enumerate(schedule.timesteps):
-        a, a_next = schedule.alphas[i], schedule.alphas[i + 1]
-        v = predict_v(model, x, concat, reference[None, None], features, t.view(1), blank.text, blank.face)
-        x0 = x0_from_v(x, v.float(), a.view(1), schedule.table)
-        x = ddim_step(x, x0, float(a), float(a_next)) if i + 1 < steps else x0
-    return x[0]
+    cond = Conditioning(concat, blank.text, audio=features, face=blank.face,
+                        ref_bank=model.reference_net(reference[None, None]))
+    return sample(model.dit, cond, SamplerConfig(kind="ddim", steps=steps, cfg_scale=1.0), generator=generator)[0]
 
 
 def decode(vae, latents: torch.Tensor) -> np.ndarray:
@@ -75,10 +68,7 @@ def check(vae_folder: Path, denoiser_folder: Path | None, steps: int, clips: int
     truth: list[np.ndarray] = []
     for c in range(clips):
         clip = data[c]
-        video = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
-        usable = video.shape[1] // (4 * CHUNK) * (4 * CHUNK)
-        latents = torch.cat([vae.encode(video[None, :, i:i + 4 * CHUNK], sample=False)
-                             for i in range(0, usable, 4 * CHUNK)], dim=2)[0].permute(1, 0, 2, 3) * s
+        latents = encode_frames(vae, clip.frames)
         outputs = {"vae": latents}
         if model is not None:
             portrait = torch.from_numpy(reference_portrait(clip.identity)).permute(2, 0, 1).float() / 127.5 - 1.0

@@ -80,6 +80,17 @@ def mouth_cells(boxes: np.ndarray, latent_size: int, scale: int) -> np.ndarray:
 
 
 @torch.no_grad()
+def encode_frames(vae: CogVideoXVae, frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> scaled posterior-mean latents (L, C, h, w), 8 frames (two latent frames) at a
+    time, as the VAE was trained; a last partial group of frames is dropped."""
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, T, H, W)
+    usable = video.shape[1] // 8 * 8
+    pieces = video[:, :usable].unflatten(1, (usable // 8, 8)).permute(1, 0, 2, 3, 4)  # (n, 3, 8, H, W)
+    latents = torch.cat([vae.encode(p, sample=False) for p in pieces.split(8)])  # (n, C, 2, h, w)
+    return latents.permute(0, 2, 1, 3, 4).flatten(0, 1) * vae.config.scaling_factor
+
+
+@torch.no_grad()
 def encode_clips(vae: CogVideoXVae, clip_files: list[Path], seed: int) -> dict:
     """Latents of every clip (8 frames at a time, posterior means, scaled), its portrait's reference latent
     and first-chunk conditioning latent (posterior samples, as the runtime draws them), audio, mouth cells."""
@@ -87,11 +98,7 @@ def encode_clips(vae: CogVideoXVae, clip_files: list[Path], seed: int) -> dict:
     out = {"latents": [], "reference": [], "first": [], "audio": [], "mouth": [], "opening": []}
     for i, path in enumerate(tqdm(clip_files, desc="encoding clips", unit="clip", dynamic_ncols=True)):
         data = np.load(path)
-        frames = torch.from_numpy(data["frames"]).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, T, H, W)
-        usable = frames.shape[1] // 8 * 8
-        pieces = frames[:, :usable].unflatten(1, (usable // 8, 8)).permute(1, 0, 2, 3, 4)  # (n, 3, 8, H, W)
-        latents = torch.cat([vae.encode(p, sample=False) for p in pieces.split(8)])  # (n, C, 2, h, w)
-        latents = (latents.permute(0, 2, 1, 3, 4).flatten(0, 1) * s).half()  # (L, C, h, w)
+        latents = encode_frames(vae, data["frames"]).half()  # (L, C, h, w)
         g = torch.Generator().manual_seed(seed * 100003 + i)
         portrait = torch.from_numpy(data["reference"]).permute(2, 0, 1).float()[None, :, None] / 127.5 - 1.0
         reference = vae.encode(portrait, generator=g) * s  # (1, C, 1, h, w)

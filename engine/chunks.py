@@ -56,6 +56,11 @@ class ChunkSettings:
     motion_latents: int = 1
     """latent: latent frames of the previous chunk placed at the start of the conditioning latent."""
 
+    motion_noise: float = 0.0
+    """latent: std of the Gaussian noise added to those carried latent frames (drawn from the stream's generator).
+    A model trained with noised motion latents (the demo avatar) runs with some, so its own small errors are not
+    copied from chunk to chunk; 0 carries them exactly."""
+
     def __post_init__(self) -> None:
         if self.motion not in ("pixel", "latent"):
             raise ValueError(f"motion must be 'pixel' or 'latent', got {self.motion!r}")
@@ -73,6 +78,8 @@ class ChunkSettings:
         if not 1 <= self.motion_latents <= self.chunk_latents:
             raise ValueError(f"motion_latents must be in 1..chunk_latents={self.chunk_latents}, "
                              f"got {self.motion_latents}")
+        if not (isinstance(self.motion_noise, (int, float)) and 0.0 <= self.motion_noise < float("inf")):
+            raise ValueError(f"motion_noise must be a finite number >= 0, got {self.motion_noise!r}")
 
     @property
     def clip_frames(self) -> int:
@@ -184,6 +191,11 @@ class LatentMotion(MotionConditioning):
         m = self.settings.motion_latents
         concat = torch.zeros_like(self._last)
         concat[:, :m] = self._last[:, -m:]
+        sigma = self.settings.motion_noise
+        if sigma:
+            gen = self.gen.generator
+            noise = torch.randn(concat[:, :m].shape, generator=gen, device=gen.device, dtype=torch.float32)
+            concat[:, :m] = (concat[:, :m].float() + sigma * noise.to(concat.device)).to(concat.dtype)
         return concat
 
     def after_denoise(self, latents: torch.Tensor) -> None:

@@ -173,7 +173,8 @@ class Engine:
             session.close()
 
 
-_KNOWN = ({"steps", "cfg", "sampler", "chunk_latents", "motion", "motion_frames", "mask_rate", "motion_latents"}
+_KNOWN = ({"steps", "cfg", "sampler", "chunk_latents", "motion", "motion_frames", "mask_rate", "motion_latents",
+           "motion_noise"}
           | {f.name for f in dataclasses.fields(StreamSettings)})
 
 
@@ -189,7 +190,7 @@ def resolve_settings(merged: dict) -> tuple[ChunkSettings, SamplerConfig, Stream
     """Flat keyword settings -> (ChunkSettings, SamplerConfig, StreamSettings); bad values raise ValueError."""
     merged = dict(merged)
     chunk = ChunkSettings(chunk_latents=merged.pop("chunk_latents"), motion=merged.pop("motion"),
-                          **{k: merged.pop(k) for k in ("motion_frames", "mask_rate", "motion_latents")
+                          **{k: merged.pop(k) for k in ("motion_frames", "mask_rate", "motion_latents", "motion_noise")
                              if k in merged})
     sampler = SamplerConfig(kind=merged.pop("sampler", "dpmpp2m_sde"), steps=merged.pop("steps"),
                             cfg_scale=merged.pop("cfg"))

@@ -251,6 +251,47 @@ def test_motion_config_validation():
         MotionConfig(motion_frames=0)
 
 
+def _latent_motion(**settings):
+    from types import SimpleNamespace
+
+    from hallo_rt.engine.chunks import ChunkSettings, LatentMotion
+
+    vae = SimpleNamespace(stream_decoder=lambda grouping: None)
+    gen = SimpleNamespace(settings=ChunkSettings(motion="latent", **settings),
+                          generator=torch.Generator().manual_seed(3),
+                          pipeline=SimpleNamespace(vae=vae, dit=SimpleNamespace(dtype=torch.float32)))
+    return LatentMotion(gen)
+
+
+def test_latent_motion_carries_the_last_latents_exactly_without_noise():
+    motion = _latent_motion(chunk_latents=3, motion_latents=2)
+    last = torch.randn(1, 3, 4, 6, 6)
+    motion.after_denoise(last)
+    concat = motion.conditioning(1)
+    assert torch.equal(concat[:, :2], last[:, 1:]) and not concat[:, 2:].any()
+
+
+def test_latent_motion_noise_is_drawn_from_the_stream_generator():
+    motion = _latent_motion(chunk_latents=2, motion_noise=0.5)
+    last = torch.randn(1, 2, 4, 6, 6)
+    motion.after_denoise(last)
+    first, second = motion.conditioning(1), motion.conditioning(2)
+    g = torch.Generator().manual_seed(3)
+    for concat in (first, second):  # each chunk draws new noise, in order, from the stream's generator
+        expected = last[:, -1:] + 0.5 * torch.randn((1, 1, 4, 6, 6), generator=g)
+        torch.testing.assert_close(concat[:, :1], expected, rtol=0, atol=1e-6)
+        assert not concat[:, 1:].any()
+    assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), "0.3"])
+def test_motion_noise_must_be_a_finite_non_negative_number(value):
+    from hallo_rt.engine.chunks import ChunkSettings
+
+    with pytest.raises(ValueError, match="motion_noise must be a finite number >= 0"):
+        ChunkSettings(motion="latent", chunk_latents=2, motion_noise=value)
+
+
 # --- finding the release's components --------------------------------------------------------------------
 
 def _release_layout(root):

@@ -256,6 +256,8 @@ def variants_from_args(args) -> list[Variant]:
     for chunk in args.chunks:
         if chunk != 2:
             out.append(Variant(f"shipped, stream, chunk {chunk}", args.model, settings={"chunk_latents": chunk}))
+    for sigma in args.motion_noise:
+        out.append(Variant(f"shipped, stream, motion noise {sigma:g}", args.model, settings={"motion_noise": sigma}))
     for spec in args.compare:
         label, _, rest = spec.partition("=")
         model, _, steps = rest.partition("@")
@@ -274,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated: torch, torch-compile, onnxruntime, onnxruntime-int8 (default torch)")
     parser.add_argument("--chunks", type=lambda s: [int(v) for v in s.split(",")], default=[2],
                         help="chunk lengths in latent frames (default 2, the model's own)")
+    parser.add_argument("--motion-noise", type=lambda s: [float(v) for v in s.split(",")], default=[],
+                        help="comma-separated motion_noise values to stream with besides the model's own")
     parser.add_argument("--compare", action="append", default=[],
                         help="LABEL=MODEL[@STEPS]: another model to measure streaming (repeatable)")
     parser.add_argument("--threads", type=int, default=None)

@@ -92,3 +92,22 @@ def test_a_failing_variant_is_recorded_and_the_others_kept(tmp_path, monkeypatch
                                                        "shipped, stream, chunk 3"]
     assert report["failed"] == [{"label": "shipped, stream, onnxruntime", "model": "demo", "backend": "onnxruntime",
                                  "error": "RuntimeError: no onnxruntime here"}]
+
+
+def test_variants_cover_backends_chunks_motion_noise_and_compared_models():
+    import argparse
+
+    from hallo_rt.benchmarks.lipsync import variants_from_args
+
+    args = argparse.Namespace(model="demo", backends=["torch", "onnxruntime"], chunks=[2, 3], motion_noise=[0.0],
+                              compare=["teacher, 8 steps=runs/ship/teacher@8", "other=some/folder"])
+    got = [(v.label, v.model, v.mode, v.backend, v.settings) for v in variants_from_args(args)]
+    assert got == [
+        ("shipped, stream", "demo", "stream", "torch", {}),
+        ("shipped, offline", "demo", "offline", "torch", {}),
+        ("shipped, stream, onnxruntime", "demo", "stream", "onnxruntime", {}),
+        ("shipped, stream, chunk 3", "demo", "stream", "torch", {"chunk_latents": 3}),
+        ("shipped, stream, motion noise 0", "demo", "stream", "torch", {"motion_noise": 0.0}),
+        ("teacher, 8 steps", "runs/ship/teacher", "stream", "torch", {"steps": 8}),
+        ("other", "some/folder", "stream", "torch", {}),
+    ]

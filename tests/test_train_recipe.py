@@ -101,6 +101,20 @@ def test_a_resumed_stage_equals_the_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_decoder_only_fine_tuning_keeps_the_encoder_and_so_the_latents(tmp_path):
+    base = _vae_stage(tmp_path / "base", "--steps", "2")["modules"]["vae"]
+    tuned = _vae_stage(tmp_path / "tuned", "--steps", "2", "--init", str(tmp_path / "base"), "--decoder-only",
+                       "--mouth-weight", "16")
+    assert tuned["settings"]["decoder_only"] and tuned["settings"]["mouth_weight"] == 16
+    tuned = tuned["modules"]["vae"]
+    encoder = [k for k in base if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(base[k], tuned[k]) for k in encoder)
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("decoder."))
+    with pytest.raises(SystemExit):
+        _vae_stage(tmp_path / "bad", "--decoder-only")
+
+
+@pytest.mark.slow
 def test_shipped_folder_round_trips_through_the_engine(tmp_path):
     """ship writes a hallo-rt folder the engine loads as any model, with the settings it was trained for."""
     from hallo_rt.engine.pipeline import load_pipeline

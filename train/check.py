@@ -52,7 +52,8 @@ def decode(vae, latents: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def check(vae_folder: Path, denoiser_folder: Path | None, steps: int, clips: int, seconds: float) -> dict:
+def check(vae_folder: Path, denoiser_folder: Path | None, steps: int, clips: int, seconds: float,
+          motion_noise: float = 0.0) -> dict:
     from ..benchmarks.lipsync import measured_openings, pearson
     from .clip_cache import dataset, reference_portrait
 
@@ -77,9 +78,11 @@ def check(vae_folder: Path, denoiser_folder: Path | None, steps: int, clips: int
             forced, rolled = [latents[:1]], [latents[:1]]
             for j in range(1, len(latents) - CHUNK + 1, CHUNK):
                 features = chunk_features(model.audio, [audio], [4 * j], 4 * CHUNK, context=CONTEXT_FRAMES)
-                forced.append(sample_chunk(model, steps, latents[j - 1], reference, features,
+                g = torch.Generator().manual_seed(10_000 + j)
+                noise = motion_noise * torch.randn(latents[j - 1].shape, generator=g)
+                forced.append(sample_chunk(model, steps, latents[j - 1] + noise, reference, features,
                                            torch.Generator().manual_seed(j)))
-                rolled.append(sample_chunk(model, steps, rolled[-1][-1], reference, features,
+                rolled.append(sample_chunk(model, steps, rolled[-1][-1] + noise, reference, features,
                                            torch.Generator().manual_seed(j)))
             outputs["teacher_forced"], outputs["rolled_out"] = torch.cat(forced), torch.cat(rolled)
         frames = {k: decode(vae, v[: len(v) // CHUNK * CHUNK]) for k, v in outputs.items()}
@@ -89,7 +92,8 @@ def check(vae_folder: Path, denoiser_folder: Path | None, steps: int, clips: int
             measured[k].append(measured_openings(f[:count], clip.identity))
     pooled = np.concatenate(truth)
     report = {"vae": str(vae_folder), "denoiser": str(denoiser_folder) if denoiser_folder else None,
-              "steps": steps, "clips": clips, "seconds": seconds, "frames": int(pooled.size)}
+              "steps": steps, "motion_noise": motion_noise, "clips": clips, "seconds": seconds,
+              "frames": int(pooled.size)}
     for k, m in measured.items():
         if m:
             report[f"lipsync_r_{k}"] = pearson(np.concatenate(m), pooled)
@@ -103,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=8, help="DDIM steps per chunk (default 8)")
     parser.add_argument("--clips", type=int, default=2, help="held-out clips (default 2)")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per clip (default 3)")
+    parser.add_argument("--motion-noise", type=float, default=0.0,
+                        help="std of the noise added to each chunk's motion latent (default 0)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.clips < 1 or args.seconds < 1:
         parser.error("--steps and --clips must be >= 1 and --seconds >= 1")
-    report = check(args.vae, args.denoiser, args.steps, args.clips, args.seconds)
+    report = check(args.vae, args.denoiser, args.steps, args.clips, args.seconds, args.motion_noise)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import sys
 from pathlib import Path
@@ -26,9 +27,9 @@ import torch
 
 from ..engine.sampling import SamplerConfig, ddim_step, make_schedule
 from .demo import CONTEXT_FRAMES
-from .loop import Stage, TrainingError, add_common_args, load_stage_modules, step_generator, step_rng
+from .loop import SETTINGS, Stage, TrainingError, add_common_args, load_stage_modules, step_generator, step_rng
 from .stream_features import chunk_features
-from .train_denoiser import ChunkExamples, DemoAvatar, load_or_encode, load_vae, predict_v
+from .train_denoiser import MOTION_JITTER, ChunkExamples, DemoAvatar, load_or_encode, load_vae, predict_v
 
 
 def parse_rounds(text: str) -> list[tuple[int, int]]:
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     data_args = argparse.Namespace(out=args.teacher, clips=args.clips, clip_count=args.clip_count, seed=args.seed)
     data = load_or_encode(data_args, load_vae(args.vae))
-    examples = ChunkExamples(data)
+    # the motion latents are noised as the teacher saw them in training
+    jitter = float(json.loads((args.teacher / SETTINGS).read_text())["settings"].get("motion_jitter", MOTION_JITTER))
+    examples = ChunkExamples(data, motion_jitter=jitter)
     base = args.out
     for r, (t_steps, k_steps) in enumerate(args.rounds):
         teacher.eval().requires_grad_(False)
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         optimizer = torch.optim.AdamW(student.dit.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
         args.out = base / f"round_{t_steps}to{k_steps}"
         stage = Stage.open(args, {"stage": "distill", "teacher_steps": t_steps, "student_steps": k_steps,
-                                  "round": r, "batch": args.batch, "clip_count": args.clip_count},
+                                  "round": r, "batch": args.batch, "clip_count": args.clip_count,
+                                  "motion_jitter": jitter},
                            {"model": student}, optimizer, warmup=20)
 
         def step(k: int, student=student, k_steps=k_steps, r=r) -> dict:

@@ -51,7 +51,8 @@ def stage_record(folder: Path) -> dict:
             "seconds": losses[-1]["seconds"] if losses else None}
 
 
-def ship(vae_folder: Path, denoiser_folder: Path, out: Path, steps: int, extra_stages: list[Path]) -> Path:
+def ship(vae_folder: Path, denoiser_folder: Path, out: Path, steps: int, extra_stages: list[Path],
+         motion_noise: float = 0.0) -> Path:
     model = DemoAvatar()
     model.load_state_dict(load_stage_modules(denoiser_folder, "denoiser")["model"])
     vae = load_vae(vae_folder)
@@ -61,7 +62,7 @@ def ship(vae_folder: Path, denoiser_folder: Path, out: Path, steps: int, extra_s
                        vae=vae)
     write_audio_encoder(model.audio, out / "wav2vec2")
     manifest = json.loads((out / "hallo_rt.json").read_text())
-    defaults = {**STREAM_DEFAULTS, "steps": steps}
+    defaults = {**STREAM_DEFAULTS, "steps": steps, **({"motion_noise": motion_noise} if motion_noise else {})}
     manifest.update({
         "stream_defaults": defaults, "face_embedding": "none", "audio_encoder": AUDIO_DEMO.to_dict(),
         "training": {str(p): stage_record(p) for p in [vae_folder, *extra_stages, denoiser_folder]},
@@ -79,10 +80,16 @@ def main(argv: list[str] | None = None) -> int:
                         default=[Path("runs/denoiser"), Path("runs/distill/round_8to4")],
                         help="other stage folders to record in the manifest's training history")
     parser.add_argument("--steps", type=int, default=STREAM_DEFAULTS["steps"], help="DDIM steps it streams with")
+    parser.add_argument("--motion-noise", type=float, default=0.0,
+                        help="noise on the carried motion latent it streams with (`ChunkSettings.motion_noise`; "
+                             "within the training's --motion-jitter; default 0)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.motion_noise < 0:
+        parser.error("--motion-noise must be >= 0")
     torch.manual_seed(0)
-    out = ship(args.vae, args.denoiser, args.out, args.steps, [p for p in args.stages if (p / SETTINGS).is_file()])
+    out = ship(args.vae, args.denoiser, args.out, args.steps, [p for p in args.stages if (p / SETTINGS).is_file()],
+               args.motion_noise)
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({total / 1e6:.1f} MB)")
     return 0

@@ -140,8 +140,8 @@ def load_or_encode(args, vae: CogVideoXVae) -> dict:
 class ChunkExamples:
     """Draws a batch of stream chunks (see the module docstring) for a step, from the step's own generator."""
 
-    def __init__(self, data: dict, config=DIT_DEMO) -> None:
-        self.data, self.config = data, config
+    def __init__(self, data: dict, config=DIT_DEMO, motion_jitter: float = MOTION_JITTER) -> None:
+        self.data, self.config, self.motion_jitter = data, config, motion_jitter
         self.text = torch.zeros(1, config.text_len, config.text_dim)
         self.face = torch.zeros(1, config.face_embed_dim)
 
@@ -160,7 +160,7 @@ class ChunkExamples:
             if first:
                 concat[0] = d["first"][c].float()
             else:
-                jitter = MOTION_JITTER * float(rng.random())
+                jitter = self.motion_jitter * float(rng.random())
                 concat[0] = latents[j - 1] + jitter * torch.randn(latents[j - 1].shape, generator=generator)
             targets.append(target)
             concats.append(concat)
@@ -212,15 +212,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=Path, default=Path("runs/clips"), help="the clip_cache folder")
     parser.add_argument("--clip-count", type=int, default=320, help="training clips used (default 320)")
     parser.add_argument("--batch", type=int, default=8, help="chunks per step (default 8)")
+    parser.add_argument("--motion-jitter", type=float, default=MOTION_JITTER,
+                        help="noise added to the previous latent frame, std drawn uniformly in [0, this] "
+                             f"(default {MOTION_JITTER}); models run with `motion_noise` inside it at run time")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from a finished denoiser stage's weights (fine-tuning) instead of seeded ones")
     args = parser.parse_args(argv)
+    if args.motion_jitter < 0:
+        parser.error("--motion-jitter must be >= 0")
     model = DemoAvatar(args.seed)
+    if args.init is not None:
+        model.load_state_dict(load_stage_modules(args.init, "denoiser")["model"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     stage = Stage.open(args, {"stage": "denoiser", "dit": DIT_DEMO.to_dict(), "audio": AUDIO_DEMO.to_dict(),
                               "clip_count": args.clip_count, "batch": args.batch, "context_frames": CONTEXT_FRAMES,
-                              "mouth_weight": MOUTH_WEIGHT, "opening_weight": OPENING_WEIGHT},
+                              "mouth_weight": MOUTH_WEIGHT, "opening_weight": OPENING_WEIGHT,
+                              "motion_jitter": args.motion_jitter, "init": str(args.init) if args.init else None},
                        {"model": model}, optimizer, warmup=100)
     data = load_or_encode(args, load_vae(args.vae))
-    examples = ChunkExamples(data)
+    examples = ChunkExamples(data, motion_jitter=args.motion_jitter)
     table = make_schedule(SamplerConfig(steps=1)).table
 
     def step(k: int) -> dict:

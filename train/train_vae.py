@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from ..engine.vae import CausalState, CogVideoXVae
 from .dataset import HELDOUT_IDENTITIES, identity_for_index
 from .demo import DATA_SEED, TRAIN_IDENTITIES, VAE_DEMO
 from .faces import MouthState, Pose, mouth_box, random_poses, render
-from .loop import Stage, add_common_args, step_rng
+from .loop import Stage, add_common_args, load_stage_modules, step_rng
 
 SEQUENCE_FRAMES = 8
 MOUTH_WEIGHT = 8.0
@@ -66,7 +67,7 @@ def build_pool(seed: int, sequences: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(videos), np.stack(boxes)
 
 
-def make_batch(pool, boxes, rng: np.random.Generator, batch: int, crop: int | None):
+def make_batch(pool, boxes, rng: np.random.Generator, batch: int, crop: int | None, mouth_weight=MOUTH_WEIGHT):
     """(frames (B, 3, T, S, S) in [-1, 1], loss weights (B, 1, T, S, S)) from the pool."""
     picks = rng.integers(0, pool.shape[0], batch)
     size = pool.shape[2]
@@ -75,7 +76,7 @@ def make_batch(pool, boxes, rng: np.random.Generator, batch: int, crop: int | No
         video, box = pool[i], boxes[i]
         weight = np.ones(video.shape[:3], np.float32)
         for t, (x0, y0, x1, y1) in enumerate(box):
-            weight[t, y0:y1, x0:x1] = MOUTH_WEIGHT
+            weight[t, y0:y1, x0:x1] = mouth_weight
         if crop is not None:
             if rng.random() < 0.5:  # around the mouth
                 cx, cy = (box[:, 0].min() + box[:, 2].max()) // 2, (box[:, 1].min() + box[:, 3].max()) // 2
@@ -91,8 +92,9 @@ def make_batch(pool, boxes, rng: np.random.Generator, batch: int, crop: int | No
     return x, w
 
 
-def vae_loss(vae: CogVideoXVae, x: torch.Tensor, w: torch.Tensor) -> dict:
-    moments = vae.encoder(x)
+def vae_loss(vae: CogVideoXVae, x: torch.Tensor, w: torch.Tensor, decoder_only: bool = False) -> dict:
+    with torch.set_grad_enabled(not decoder_only):
+        moments = vae.encoder(x)
     mean, logvar = moments.chunk(2, dim=1)
     logvar = logvar.clamp(-30.0, 20.0)
     # the decoder learns from the posterior means (noise of the initial unit variance drowns the few latent
@@ -114,23 +116,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=1200, help="rendered 8-frame sequences (default 1200)")
     parser.add_argument("--crop", type=int, default=0,
                         help="train the first 75%% of steps on crops of this size (default 0: whole frames)")
+    parser.add_argument("--mouth-weight", type=float, default=MOUTH_WEIGHT,
+                        help=f"loss weight inside the mouth box (default {MOUTH_WEIGHT:g})")
+    parser.add_argument("--init", type=Path, default=None, help="start from a finished VAE stage's weights")
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="train the decoder alone (with --init): the encoder, so the latents a denoiser was "
+                             "trained on, stay exactly as they are")
     args = parser.parse_args(argv)
+    if args.decoder_only and args.init is None:
+        parser.error("--decoder-only needs --init (a trained encoder to keep)")
+    if args.mouth_weight < 1:
+        parser.error("--mouth-weight must be >= 1")
     torch.manual_seed(args.seed)
     vae = CogVideoXVae(VAE_DEMO)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    if args.init is not None:
+        vae.load_state_dict(load_stage_modules(args.init, "VAE")["vae"])
+    if args.decoder_only:
+        vae.encoder.requires_grad_(False)
+    trained = vae.decoder if args.decoder_only else vae
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     # the latent scale is the denoiser's concern (its data's variance), not this stage's: leaving it out lets a
     # VAE trained under one scale be resumed after the scale changes
     architecture = {k: v for k, v in VAE_DEMO.to_dict().items() if k != "scaling_factor"}
+    extra = {}  # only when set, so stages written before these options existed still resume
+    if args.init is not None:
+        extra = {"init": str(args.init), "decoder_only": args.decoder_only}
+    if args.mouth_weight != MOUTH_WEIGHT:
+        extra["mouth_weight"] = args.mouth_weight
     stage = Stage.open(args, {"stage": "vae", "vae": architecture, "pool": args.pool, "crop": args.crop,
-                              "data_seed": DATA_SEED}, {"vae": vae}, optimizer)
+                              "data_seed": DATA_SEED, **extra}, {"vae": vae}, optimizer)
     pool, boxes = build_pool(DATA_SEED, args.pool)
     crop_steps = int(0.75 * args.steps) if args.crop else 0
 
     def step(k: int) -> dict:
         rng = step_rng(args.seed, k)
         crop = args.crop if k < crop_steps else None
-        x, w = make_batch(pool, boxes, rng, 4 if crop else 2, crop)
-        return vae_loss(vae, x, w)
+        x, w = make_batch(pool, boxes, rng, 4 if crop else 2, crop, args.mouth_weight)
+        return vae_loss(vae, x, w, args.decoder_only)
 
     losses = stage.run(step, "VAE")
     stage.finish({"final": losses[-1] if losses else None})

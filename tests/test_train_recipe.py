@@ -190,3 +190,46 @@ def test_check_samples_a_chunk_as_the_engine_sampler_does():
         engine = sample(model.dit, cond, SamplerConfig(kind="ddim", steps=3, cfg_scale=1.0),
                         generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(mine, engine[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_own_motion_replaces_the_true_previous_latent_with_a_drawn_one_and_keeps_its_jitter():
+    from hallo_rt.engine.sampling import Conditioning, SamplerConfig, sample
+    from hallo_rt.train.demo import CONTEXT_FRAMES, DIT_DEMO
+    from hallo_rt.train.train_denoiser import ChunkExamples, DemoAvatar, OwnMotion
+
+    g = torch.Generator().manual_seed(0)
+    C, h = DIT_DEMO.out_channels, DIT_DEMO.latent_height
+    data = {"latents": [torch.randn(8, C, h, h, generator=g).half() for _ in range(2)],
+            "reference": [torch.randn(C, h, h, generator=g).half() for _ in range(2)],
+            "first": [torch.randn(C, h, h, generator=g).half() for _ in range(2)],
+            "audio": [_speechy(1.6, s) for s in range(2)],
+            "mouth": [torch.zeros(8, h, h) for _ in range(2)], "opening": [np.zeros(40, np.float32)] * 2}
+    examples = ChunkExamples(data, motion_jitter=0.5)
+    sampler = DemoAvatar(0)
+    own = OwnMotion(sampler, steps=1, share=1.0)
+    rng = np.random.default_rng(4)
+    x0, concat, *_ = examples.draw(rng, 6, torch.Generator().manual_seed(1), first_share=0.0)
+    before = concat.clone()
+    replaced = own.apply(examples, concat, rng, torch.Generator().manual_seed(2))
+    late = [b for b, (c, j) in enumerate(examples.picks) if j > 2]
+    assert late and replaced == len(late) < 6
+    # the batch's initial noise is the generator's first draw, row by row in the order of the replaced rows
+    noise = torch.randn((len(late), 2, C, h, h), generator=torch.Generator().manual_seed(2))
+    for b, (c, j) in enumerate(examples.picks):
+        if b not in late:
+            assert torch.equal(concat[b], before[b])
+            continue
+        # redo this row alone: one DDIM step of the 2-latent chunk before the target, on the true latent before it
+        motion = torch.zeros(1, 2, C, h, h)
+        motion[0, 0] = data["latents"][c][j - 3].float()
+        with torch.no_grad():
+            features = chunk_features(sampler.audio, [np.pad(data["audio"][c], (0, 16000))], [4 * (j - 2)], 8,
+                                      context=CONTEXT_FRAMES)
+            cond = Conditioning(motion, examples.text, audio=features, face=examples.face,
+                                ref_bank=sampler.reference_net(data["reference"][c].float()[None, None]))
+            drawn = sample(sampler.dit, cond, SamplerConfig(kind="ddim", steps=1, cfg_scale=1.0),
+                           noise=noise[late.index(b)][None])
+        jitter = before[b, 0] - data["latents"][c][j - 1].float()  # the true latent's jitter is kept
+        torch.testing.assert_close(concat[b, 0], drawn[0, -1] + jitter, rtol=1e-4, atol=1e-4)
+        assert not concat[b, 1:].any()

@@ -21,6 +21,7 @@ it is not shipped). Resumes from `--out`'s checkpoint; deterministic given `--se
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from ..engine.vae import CogVideoXVae
 from ..engine.wav2vec2 import Wav2Vec2Model
 from ..engine.weights.common import seeded_init_
 from .demo import AUDIO_DEMO, CONTEXT_FRAMES, DIT_DEMO, VAE_DEMO
-from .loop import Stage, TrainingError, add_common_args, load_stage_modules, step_generator, step_rng
+from .loop import SETTINGS, Stage, TrainingError, add_common_args, load_stage_modules, step_generator, step_rng
 from .stream_features import chunk_features, needed_samples
 
 MOUTH_WEIGHT = 12.0
@@ -169,11 +170,56 @@ class ChunkExamples:
             starts.append(4 * j)
             weights.append(1.0 + (MOUTH_WEIGHT - 1.0) * d["mouth"][c][j:j + n])
             openings.append(torch.from_numpy(np.asarray(d["opening"][c][4 * j:4 * j + 4 * n], np.float32)))
+        self.picks = [(int(c), s // 4) for c, s in zip(clips, starts)]  # (clip, first target latent j)
+        self.first = first
         pad = max(needed_samples(s + 4 * n) for s in starts)
         audios = [np.pad(a, (0, max(0, pad - a.size))) for a in audios]  # silence past the clip's end
         self.openings = torch.stack(openings)  # (B, 4n): the chunk's ground-truth mouth opening per frame
         return (torch.stack(targets), torch.stack(concats), torch.stack(refs)[:, None], audios, starts, n,
                 torch.stack(weights)[:, :, None])
+
+
+class OwnMotion:
+    """Motion latents the model draws itself, as a stream feeds them back (in the spirit of self-forcing).
+
+    A denoiser trained only on true previous latents copies the small errors of its own, chunk after chunk,
+    until the face turns to blocks. Here, for a share of the later chunks, a frozen sampler model (the current
+    distilled student, with its step count) draws the two latent frames before the target the way a stream
+    does: one chunk from noise, conditioned on the true latent before it, with its audio. Its last frame, with
+    the same jitter the true one would have had, becomes the target chunk's motion latent."""
+
+    def __init__(self, sampler: DemoAvatar, steps: int, share: float) -> None:
+        self.sampler, self.steps, self.share = sampler.eval().requires_grad_(False), steps, share
+
+    @torch.no_grad()
+    def apply(self, examples: ChunkExamples, concat: torch.Tensor, rng: np.random.Generator,
+              generator: torch.Generator) -> int:
+        """Replaces concat[b, 0] for the picked rows in place; returns how many were replaced."""
+        from ..engine.sampling import Conditioning, sample
+
+        if examples.first:
+            return 0
+        d, chunk = examples.data, 2
+        rows = [b for b, (c, j) in enumerate(examples.picks) if j > chunk and rng.random() < self.share]
+        if not rows:
+            return 0
+        picks = [examples.picks[b] for b in rows]
+        motion = torch.zeros(len(rows), chunk, *concat.shape[2:])
+        motion[:, 0] = torch.stack([d["latents"][c][j - chunk - 1].float() for c, j in picks])
+        starts = [4 * (j - chunk) for _, j in picks]
+        pad = max(needed_samples(s + 4 * chunk) for s in starts)
+        audios = [np.pad(d["audio"][c], (0, max(0, pad - d["audio"][c].size))) for c, _ in picks]
+        features = chunk_features(self.sampler.audio, audios, starts, 4 * chunk, context=CONTEXT_FRAMES)
+        refs = torch.stack([d["reference"][c].float() for c, _ in picks])[:, None]
+        n = len(rows)
+        cond = Conditioning(motion, examples.text.expand(n, -1, -1), audio=features,
+                            face=examples.face.expand(n, -1), ref_bank=self.sampler.reference_net(refs))
+        drawn = sample(self.sampler.dit, cond, SamplerConfig(kind="ddim", steps=self.steps, cfg_scale=1.0),
+                       generator=generator)[:, -1]
+        for i, (b, (c, j)) in enumerate(zip(rows, picks)):
+            jitter = concat[b, 0] - d["latents"][c][j - 1].float()
+            concat[b, 0] = drawn[i] + jitter
+        return len(rows)
 
 
 def predict_v(model: DemoAvatar, x_t, concat, ref, audio_features, timesteps, text, face):
@@ -183,8 +229,10 @@ def predict_v(model: DemoAvatar, x_t, concat, ref, audio_features, timesteps, te
                      face.expand(B, -1), bank)
 
 
-def v_loss(model: DemoAvatar, examples: ChunkExamples, rng, generator, batch: int, table: torch.Tensor) -> dict:
+def v_loss(model: DemoAvatar, examples: ChunkExamples, rng, generator, batch: int, table: torch.Tensor,
+           own: OwnMotion | None = None) -> dict:
     x0, concat, ref, audios, starts, n, weight = examples.draw(rng, batch, generator)
+    own_rows = own.apply(examples, concat, rng, generator) if own is not None else 0
     features = chunk_features(model.audio, audios, starts, 4 * n, context=CONTEXT_FRAMES)
     t = torch.from_numpy(rng.integers(0, 1000, batch))
     a = table[t].view(-1, 1, 1, 1, 1)
@@ -201,7 +249,7 @@ def v_loss(model: DemoAvatar, examples: ChunkExamples, rng, generator, batch: in
     loss.backward()
     x0_err = ((a * x_t - sigma * pred.detach() - x0).pow(2) * weight).sum() / (weight.sum() * x0.shape[2])
     return {"loss": loss.item(), "v_loss": v_loss_value.item(), "opening_mse": opening_loss.item(),
-            "x0_mse": x0_err.item(), "chunk": float(n)}
+            "x0_mse": x0_err.item(), "chunk": float(n), **({"own_motion": float(own_rows)} if own else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,9 +265,16 @@ def main(argv: list[str] | None = None) -> int:
                              f"(default {MOTION_JITTER}); models run with `motion_noise` inside it at run time")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from a finished denoiser stage's weights (fine-tuning) instead of seeded ones")
+    parser.add_argument("--own-motion", type=Path, default=None,
+                        help="a distilled stage folder whose model draws the motion latents of a share of the "
+                             "chunks (see OwnMotion); its DDIM steps are read from the folder")
+    parser.add_argument("--own-motion-share", type=float, default=0.5,
+                        help="share of the later chunks conditioned on drawn motion (default 0.5)")
     args = parser.parse_args(argv)
     if args.motion_jitter < 0:
         parser.error("--motion-jitter must be >= 0")
+    if not 0 < args.own_motion_share <= 1:
+        parser.error("--own-motion-share must be in (0, 1]")
     model = DemoAvatar(args.seed)
     if args.init is not None:
         model.load_state_dict(load_stage_modules(args.init, "denoiser")["model"])
@@ -227,14 +282,22 @@ def main(argv: list[str] | None = None) -> int:
     stage = Stage.open(args, {"stage": "denoiser", "dit": DIT_DEMO.to_dict(), "audio": AUDIO_DEMO.to_dict(),
                               "clip_count": args.clip_count, "batch": args.batch, "context_frames": CONTEXT_FRAMES,
                               "mouth_weight": MOUTH_WEIGHT, "opening_weight": OPENING_WEIGHT,
-                              "motion_jitter": args.motion_jitter, "init": str(args.init) if args.init else None},
+                              "motion_jitter": args.motion_jitter, "init": str(args.init) if args.init else None,
+                              **({"own_motion": str(args.own_motion), "own_motion_share": args.own_motion_share}
+                                 if args.own_motion else {})},
                        {"model": model}, optimizer, warmup=100)
     data = load_or_encode(args, load_vae(args.vae))
     examples = ChunkExamples(data, motion_jitter=args.motion_jitter)
     table = make_schedule(SamplerConfig(steps=1)).table
+    own = None
+    if args.own_motion is not None:
+        sampler = DemoAvatar(args.seed)
+        sampler.load_state_dict(load_stage_modules(args.own_motion, "distilled")["model"])
+        settings = json.loads((args.own_motion / SETTINGS).read_text())["settings"]
+        own = OwnMotion(sampler, int(settings["student_steps"]), args.own_motion_share)
 
     def step(k: int) -> dict:
-        return v_loss(model, examples, step_rng(args.seed, k), step_generator(args.seed, k), args.batch, table)
+        return v_loss(model, examples, step_rng(args.seed, k), step_generator(args.seed, k), args.batch, table, own)
 
     losses = stage.run(step, "denoiser")
     stage.finish({"final": losses[-1] if losses else None})

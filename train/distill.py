@@ -29,7 +29,8 @@ from ..engine.sampling import SamplerConfig, ddim_step, make_schedule
 from .demo import CONTEXT_FRAMES
 from .loop import SETTINGS, Stage, TrainingError, add_common_args, load_stage_modules, step_generator, step_rng
 from .stream_features import chunk_features
-from .train_denoiser import MOTION_JITTER, ChunkExamples, DemoAvatar, load_or_encode, load_vae, predict_v
+from .train_denoiser import (MOTION_JITTER, ChunkExamples, DemoAvatar, OwnMotion, load_or_encode, load_vae,
+                             own_motion, predict_v)
 
 
 def parse_rounds(text: str) -> list[tuple[int, int]]:
@@ -61,11 +62,14 @@ def student_x0_target(x: torch.Tensor, x_end: torch.Tensor, a: float, a_next: fl
     return (x_end - c * x) / (a_next - a * c)
 
 
-def distill_loss(student, teacher, examples: ChunkExamples, rng, generator, batch: int, k_steps: int) -> dict:
+def distill_loss(student, teacher, examples: ChunkExamples, rng, generator, batch: int, k_steps: int,
+                 own: OwnMotion | None = None) -> dict:
     s_sched = make_schedule(SamplerConfig(kind="ddim", steps=k_steps, cfg_scale=1.0))
     t_sched = make_schedule(SamplerConfig(kind="ddim", steps=2 * k_steps, cfg_scale=1.0))
     table = s_sched.table
     x0, concat, ref, audios, starts, n, weight = examples.draw(rng, batch, generator)
+    if own is not None:
+        own.apply(examples, concat, rng, generator)
     with torch.no_grad():
         features = chunk_features(teacher.audio, audios, starts, 4 * n, context=CONTEXT_FRAMES)
     i = torch.from_numpy(rng.integers(0, k_steps, batch))
@@ -108,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     data_args = argparse.Namespace(out=args.teacher, clips=args.clips, clip_count=args.clip_count, seed=args.seed)
     data = load_or_encode(data_args, load_vae(args.vae))
-    # the motion latents are noised as the teacher saw them in training
-    jitter = float(json.loads((args.teacher / SETTINGS).read_text())["settings"].get("motion_jitter", MOTION_JITTER))
+    # the motion latents are noised, and a share of them drawn by a model, as the teacher saw them in training
+    trained = json.loads((args.teacher / SETTINGS).read_text())["settings"]
+    jitter = float(trained.get("motion_jitter", MOTION_JITTER))
     examples = ChunkExamples(data, motion_jitter=jitter)
+    own = own_motion(Path(trained["own_motion"]), trained["own_motion_share"]) if trained.get("own_motion") else None
     base = args.out
     for r, (t_steps, k_steps) in enumerate(args.rounds):
         teacher.eval().requires_grad_(False)
@@ -120,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         args.out = base / f"round_{t_steps}to{k_steps}"
         stage = Stage.open(args, {"stage": "distill", "teacher_steps": t_steps, "student_steps": k_steps,
                                   "round": r, "batch": args.batch, "clip_count": args.clip_count,
-                                  "motion_jitter": jitter},
+                                  "motion_jitter": jitter, "own_motion": trained.get("own_motion")},
                            {"model": student}, optimizer, warmup=20)
 
         def step(k: int, student=student, k_steps=k_steps, r=r) -> dict:
             return distill_loss(student, teacher, examples, step_rng(args.seed, k, 1 + r),
-                                step_generator(args.seed, k, 1 + r), args.batch, k_steps)
+                                step_generator(args.seed, k, 1 + r), args.batch, k_steps, own)
 
         losses = stage.run(step, f"distill {t_steps}->{k_steps}")
         stage.finish({"final": losses[-1] if losses else None})

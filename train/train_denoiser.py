@@ -222,6 +222,14 @@ class OwnMotion:
         return len(rows)
 
 
+def own_motion(folder: Path, share: float) -> OwnMotion:
+    """OwnMotion drawing with the distilled student in `folder` (a distill round), at its step count."""
+    sampler = DemoAvatar()
+    sampler.load_state_dict(load_stage_modules(folder, "distilled")["model"])
+    settings = json.loads((Path(folder) / SETTINGS).read_text())["settings"]
+    return OwnMotion(sampler, int(settings["student_steps"]), share)
+
+
 def predict_v(model: DemoAvatar, x_t, concat, ref, audio_features, timesteps, text, face):
     bank = model.reference_net(ref)
     B = x_t.shape[0]
@@ -289,12 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_or_encode(args, load_vae(args.vae))
     examples = ChunkExamples(data, motion_jitter=args.motion_jitter)
     table = make_schedule(SamplerConfig(steps=1)).table
-    own = None
-    if args.own_motion is not None:
-        sampler = DemoAvatar(args.seed)
-        sampler.load_state_dict(load_stage_modules(args.own_motion, "distilled")["model"])
-        settings = json.loads((args.own_motion / SETTINGS).read_text())["settings"]
-        own = OwnMotion(sampler, int(settings["student_steps"]), args.own_motion_share)
+    own = own_motion(args.own_motion, args.own_motion_share) if args.own_motion is not None else None
 
     def step(k: int) -> dict:
         return v_loss(model, examples, step_rng(args.seed, k), step_generator(args.seed, k), args.batch, table, own)

@@ -7,6 +7,8 @@ On held-out clips, the mouth opening measured in three sets of frames is correla
   * `vae`: the clip encoded and decoded, 2 latent frames at a time (what any denoiser can reach at best);
   * `teacher_forced`: every 2-latent chunk sampled with the clip's true previous latent frame as its motion;
   * `rolled_out`: the same, each chunk on the previous chunk's own last latent frame (as a stream runs).
+For the denoiser, it also reports each chunk's latent MSE against the clip's own latents (mean over clips):
+flat when teacher-forced; growing chunk after chunk when rolled out means the stream drifts.
 A low `vae` means train the VAE longer; `teacher_forced` far below `vae`, the denoiser does not draw the
 mouth from the audio; `rolled_out` far below `teacher_forced`, its outputs drift from what it was trained on.
 The chunks run the training-side modules with DDIM (`--steps`, no CFG) in the engine's arithmetic.
@@ -67,6 +69,7 @@ def check(vae_folder: Path, denoiser_folder: Path | None, steps: int, clips: int
     data = dataset("heldout", clip_seconds=seconds)
     measured: dict[str, list] = {"vae": [], "teacher_forced": [], "rolled_out": []}
     truth: list[np.ndarray] = []
+    errors: dict[str, list] = {"teacher_forced": [], "rolled_out": []}
     for c in range(clips):
         clip = data[c]
         latents = encode_frames(vae, clip.frames)
@@ -85,6 +88,9 @@ def check(vae_folder: Path, denoiser_folder: Path | None, steps: int, clips: int
                 rolled.append(sample_chunk(model, steps, rolled[-1][-1] + noise, reference, features,
                                            torch.Generator().manual_seed(j)))
             outputs["teacher_forced"], outputs["rolled_out"] = torch.cat(forced), torch.cat(rolled)
+            for k in ("teacher_forced", "rolled_out"):  # per chunk: how far the latents are from the clip's own
+                errors[k].append([float((outputs[k][i:i + CHUNK] - latents[i:i + CHUNK]).pow(2).mean())
+                                  for i in range(1, len(outputs[k]) - CHUNK + 1, CHUNK)])
         frames = {k: decode(vae, v[: len(v) // CHUNK * CHUNK]) for k, v in outputs.items()}
         count = min(len(f) for f in frames.values())
         truth.append(clip.opening[:count])
@@ -97,6 +103,9 @@ def check(vae_folder: Path, denoiser_folder: Path | None, steps: int, clips: int
     for k, m in measured.items():
         if m:
             report[f"lipsync_r_{k}"] = pearson(np.concatenate(m), pooled)
+    for k, e in errors.items():
+        if e:  # the mean over clips of each chunk's latent MSE: flat when teacher-forced, growing when drifting
+            report[f"latent_mse_by_chunk_{k}"] = [round(float(v), 4) for v in np.mean(e, axis=0)]
     return report
 
 

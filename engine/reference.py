@@ -37,13 +37,17 @@ class ReferenceNet(nn.Module):
         self.config = config
         self.backbone = HalloDiT(config)
 
-    @torch.no_grad()
     def forward(self, ref_latent: torch.Tensor, text_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """ref_latent (B, 1, C_out, H, W): the scaled VAE latent of the face-masked reference image.
 
         The input is [ref_latent, ref_latent] on channels at timestep 0 with zero text embeddings, as in
-        the reference. Returns the bank (num_layers, B, N, D).
+        the reference. Returns the bank (num_layers, B, N, D). Gradients flow only in training mode (the
+        demo avatar's recipe trains it); in eval mode, as loaded for inference, no graph is kept.
         """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.training):
+            return self._bank(ref_latent, text_embeds)
+
+    def _bank(self, ref_latent: torch.Tensor, text_embeds: torch.Tensor | None) -> torch.Tensor:
         net, cfg = self.backbone, self.config
         if ref_latent.ndim != 5 or ref_latent.shape[2] * 2 != cfg.in_channels:
             raise ValueError(

@@ -233,3 +233,23 @@ def test_own_motion_replaces_the_true_previous_latent_with_a_drawn_one_and_keeps
         jitter = before[b, 0] - data["latents"][c][j - 1].float()  # the true latent's jitter is kept
         torch.testing.assert_close(concat[b, 0], drawn[0, -1] + jitter, rtol=1e-4, atol=1e-4)
         assert not concat[b, 1:].any()
+
+
+def test_the_reference_network_learns_in_training_and_keeps_no_graph_in_eval():
+    """A training step's loss reaches the reference network (it was frozen by a no_grad before), and an
+    eval-mode network, as inference loads it, returns a bank without a graph."""
+    from hallo_rt.train.demo import DIT_DEMO
+    from hallo_rt.train.train_denoiser import DemoAvatar, predict_v
+
+    model = DemoAvatar(0)
+    C, h = DIT_DEMO.out_channels, DIT_DEMO.latent_height
+    g = torch.Generator().manual_seed(0)
+    x, ref = torch.randn(1, 2, C, h, h, generator=g), torch.randn(1, 1, C, h, h, generator=g)
+    audio = torch.randn(1, 8, DIT_DEMO.audio_window, DIT_DEMO.audio_layers, DIT_DEMO.audio_dim, generator=g)
+    v = predict_v(model, x, torch.zeros_like(x), ref, audio, torch.tensor([500]),
+                  torch.zeros(1, DIT_DEMO.text_len, DIT_DEMO.text_dim), torch.zeros(1, DIT_DEMO.face_embed_dim))
+    v.pow(2).mean().backward()
+    grads = [p.grad for p in model.reference_net.parameters() if p.grad is not None]
+    assert grads and any(gr.abs().sum() > 0 for gr in grads)
+    model.reference_net.eval()
+    assert not model.reference_net(ref).requires_grad

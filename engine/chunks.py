@@ -57,9 +57,9 @@ class ChunkSettings:
     """latent: latent frames of the previous chunk placed at the start of the conditioning latent."""
 
     motion_noise: float = 0.0
-    """latent: std of the Gaussian noise added to those carried latent frames (drawn from the stream's generator).
-    A model trained with noised motion latents (the demo avatar) runs with some, so its own small errors are not
-    copied from chunk to chunk; 0 carries them exactly."""
+    """latent: std of the Gaussian noise added to those carried latent frames (drawn from the stream's generator);
+    0 carries them exactly. Meant for models trained with noised motion latents. The demo avatar measured worse
+    with it (train/README.md, "Results") and runs with 0."""
 
     def __post_init__(self) -> None:
         if self.motion not in ("pixel", "latent"):

@@ -36,7 +36,7 @@ from ..engine.sampling import SamplerConfig, make_schedule
 from ..engine.vae import CogVideoXVae
 from ..engine.wav2vec2 import Wav2Vec2Model
 from ..engine.weights.common import seeded_init_
-from .demo import AUDIO_DEMO, CONTEXT_FRAMES, DIT_DEMO, VAE_DEMO
+from .demo import AUDIO_DEMO, CHUNK_LATENTS, CONTEXT_FRAMES, DIT_DEMO, VAE_DEMO
 from .loop import SETTINGS, Stage, TrainingError, add_common_args, load_stage_modules, step_generator, step_rng
 from .stream_features import chunk_features, needed_samples
 
@@ -138,6 +138,12 @@ def load_or_encode(args, vae: CogVideoXVae) -> dict:
     return data
 
 
+def padded(audios: list[np.ndarray], starts: list[int], frames: int) -> list[np.ndarray]:
+    """Each clip's audio with silence past its end, long enough for `frames` features from every start."""
+    need = max(needed_samples(s + frames) for s in starts)
+    return [np.pad(a, (0, max(0, need - a.size))) for a in audios]
+
+
 class ChunkExamples:
     """Draws a batch of stream chunks (see the module docstring) for a step, from the step's own generator."""
 
@@ -172,8 +178,7 @@ class ChunkExamples:
             openings.append(torch.from_numpy(np.asarray(d["opening"][c][4 * j:4 * j + 4 * n], np.float32)))
         self.picks = [(int(c), s // 4) for c, s in zip(clips, starts)]  # (clip, first target latent j)
         self.first = first
-        pad = max(needed_samples(s + 4 * n) for s in starts)
-        audios = [np.pad(a, (0, max(0, pad - a.size))) for a in audios]  # silence past the clip's end
+        audios = padded(audios, starts, 4 * n)
         self.openings = torch.stack(openings)  # (B, 4n): the chunk's ground-truth mouth opening per frame
         return (torch.stack(targets), torch.stack(concats), torch.stack(refs)[:, None], audios, starts, n,
                 torch.stack(weights)[:, :, None])
@@ -199,7 +204,7 @@ class OwnMotion:
 
         if examples.first:
             return 0
-        d, chunk = examples.data, 2
+        d, chunk = examples.data, CHUNK_LATENTS
         rows = [b for b, (c, j) in enumerate(examples.picks) if j > chunk and rng.random() < self.share]
         if not rows:
             return 0
@@ -207,8 +212,7 @@ class OwnMotion:
         motion = torch.zeros(len(rows), chunk, *concat.shape[2:])
         motion[:, 0] = torch.stack([d["latents"][c][j - chunk - 1].float() for c, j in picks])
         starts = [4 * (j - chunk) for _, j in picks]
-        pad = max(needed_samples(s + 4 * chunk) for s in starts)
-        audios = [np.pad(d["audio"][c], (0, max(0, pad - d["audio"][c].size))) for c, _ in picks]
+        audios = padded([d["audio"][c] for c, _ in picks], starts, 4 * chunk)
         features = chunk_features(self.sampler.audio, audios, starts, 4 * chunk, context=CONTEXT_FRAMES)
         refs = torch.stack([d["reference"][c].float() for c, _ in picks])[:, None]
         n = len(rows)
@@ -270,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="chunks per step (default 8)")
     parser.add_argument("--motion-jitter", type=float, default=MOTION_JITTER,
                         help="noise added to the previous latent frame, std drawn uniformly in [0, this] "
-                             f"(default {MOTION_JITTER}); models run with `motion_noise` inside it at run time")
+                             f"(default {MOTION_JITTER})")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from a finished denoiser stage's weights (fine-tuning) instead of seeded ones")
     parser.add_argument("--own-motion", type=Path, default=None,

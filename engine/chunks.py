@@ -61,6 +61,12 @@ class ChunkSettings:
     0 carries them exactly. Meant for models trained with noised motion latents. The demo avatar measured worse
     with it (train/README.md, "Results") and runs with 0."""
 
+    motion_anchor: float = 0.0
+    """latent: blend the carried latent frames this far toward the stream's first conditioning latent frame
+    (the portrait, encoded) before the noise: (1 - a) * carried + a * portrait. Each chunk then passes on only
+    a (1 - a) share of its errors, which bounds the drift of a model that amplifies them; 0 carries them as
+    they are. Meant for models trained with the same blend (`train_denoiser --motion-anchor`)."""
+
     def __post_init__(self) -> None:
         if self.motion not in ("pixel", "latent"):
             raise ValueError(f"motion must be 'pixel' or 'latent', got {self.motion!r}")
@@ -80,6 +86,8 @@ class ChunkSettings:
                              f"got {self.motion_latents}")
         if not (isinstance(self.motion_noise, (int, float)) and 0.0 <= self.motion_noise < float("inf")):
             raise ValueError(f"motion_noise must be a finite number >= 0, got {self.motion_noise!r}")
+        if not (isinstance(self.motion_anchor, (int, float)) and 0.0 <= self.motion_anchor < 1.0):
+            raise ValueError(f"motion_anchor must be a number in [0, 1), got {self.motion_anchor!r}")
 
     @property
     def clip_frames(self) -> int:
@@ -191,6 +199,10 @@ class LatentMotion(MotionConditioning):
         m = self.settings.motion_latents
         concat = torch.zeros_like(self._last)
         concat[:, :m] = self._last[:, -m:]
+        a = self.settings.motion_anchor
+        if a:
+            anchor = self.gen.anchor_latent.to(concat.device, torch.float32)
+            concat[:, :m] = ((1.0 - a) * concat[:, :m].float() + a * anchor).to(concat.dtype)
         sigma = self.settings.motion_noise
         if sigma:
             gen = self.gen.generator
@@ -251,6 +263,12 @@ class ChunkedGenerator:
         self.bank = bank
         self.motion = MOTION_MODES[settings.motion](self)
         self.chunks_denoised = 0
+
+    @property
+    def anchor_latent(self) -> torch.Tensor:
+        """(1, 1, C, h, w): the first chunk's conditioning latent frame (the portrait with its pixel-dropout
+        copies, encoded), toward which `ChunkSettings.motion_anchor` pulls the carried latents."""
+        return self._first_concat[:, :1]
 
     def conditioning_latent(self, motion: torch.Tensor) -> torch.Tensor:
         """[reference, motion frames with random pixel dropout] -> one latent frame, then zero frames

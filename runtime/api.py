@@ -173,8 +173,10 @@ class Engine:
             session.close()
 
 
-_KNOWN = ({"steps", "cfg", "sampler", "chunk_latents", "motion", "motion_frames", "mask_rate", "motion_latents",
-           "motion_noise"}
+_CHUNK_EXTRAS = ("motion_frames", "mask_rate", "motion_latents", "motion_noise", "motion_anchor")
+"""ChunkSettings fields a flat settings dict may carry besides chunk_latents and motion."""
+
+_KNOWN = ({"steps", "cfg", "sampler", "chunk_latents", "motion", *_CHUNK_EXTRAS}
           | {f.name for f in dataclasses.fields(StreamSettings)})
 
 
@@ -190,8 +192,7 @@ def resolve_settings(merged: dict) -> tuple[ChunkSettings, SamplerConfig, Stream
     """Flat keyword settings -> (ChunkSettings, SamplerConfig, StreamSettings); bad values raise ValueError."""
     merged = dict(merged)
     chunk = ChunkSettings(chunk_latents=merged.pop("chunk_latents"), motion=merged.pop("motion"),
-                          **{k: merged.pop(k) for k in ("motion_frames", "mask_rate", "motion_latents", "motion_noise")
-                             if k in merged})
+                          **{k: merged.pop(k) for k in _CHUNK_EXTRAS if k in merged})
     sampler = SamplerConfig(kind=merged.pop("sampler", "dpmpp2m_sde"), steps=merged.pop("steps"),
                             cfg_scale=merged.pop("cfg"))
     return chunk, sampler, StreamSettings(**merged)

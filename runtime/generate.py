@@ -93,7 +93,8 @@ def _generate(args: argparse.Namespace) -> int:
     chunk = None
     if trained.get("motion") == "latent":
         chunk = ChunkSettings(chunk_latents=trained.get("chunk_latents", 2), motion="latent",
-                              motion_noise=trained.get("motion_noise", 0.0))
+                              motion_noise=trained.get("motion_noise", 0.0),
+                              motion_anchor=trained.get("motion_anchor", 0.0))
     if device.type == "cpu" and args.dtype == "fp16":
         # measured here: one VAE-sized conv3d takes 18.8 s in fp16 against 0.22 s in fp32 and 0.11 s in bf16
         warnings.warn("fp16 on CPU is very slow in PyTorch (most CPUs have no fp16 convolution kernels; "

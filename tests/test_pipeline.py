@@ -251,13 +251,13 @@ def test_motion_config_validation():
         MotionConfig(motion_frames=0)
 
 
-def _latent_motion(**settings):
+def _latent_motion(anchor=None, **settings):
     from types import SimpleNamespace
 
     from hallo_rt.engine.chunks import ChunkSettings, LatentMotion
 
     vae = SimpleNamespace(stream_decoder=lambda grouping: None)
-    gen = SimpleNamespace(settings=ChunkSettings(motion="latent", **settings),
+    gen = SimpleNamespace(settings=ChunkSettings(motion="latent", **settings), anchor_latent=anchor,
                           generator=torch.Generator().manual_seed(3),
                           pipeline=SimpleNamespace(vae=vae, dit=SimpleNamespace(dtype=torch.float32)))
     return LatentMotion(gen)
@@ -282,6 +282,29 @@ def test_latent_motion_noise_is_drawn_from_the_stream_generator():
         torch.testing.assert_close(concat[:, :1], expected, rtol=0, atol=1e-6)
         assert not concat[:, 1:].any()
     assert not torch.equal(first, second)
+
+
+def test_latent_motion_anchor_blends_toward_the_first_latent_then_adds_the_noise():
+    anchor = torch.randn(1, 1, 4, 6, 6)
+    last = torch.randn(1, 3, 4, 6, 6)
+    exact = _latent_motion(anchor, chunk_latents=3, motion_latents=2, motion_anchor=0.25)
+    exact.after_denoise(last)
+    concat = exact.conditioning(1)
+    torch.testing.assert_close(concat[:, :2], 0.75 * last[:, 1:] + 0.25 * anchor, rtol=0, atol=1e-6)
+    assert not concat[:, 2:].any()
+    noisy = _latent_motion(anchor, chunk_latents=2, motion_anchor=0.5, motion_noise=0.1)
+    noisy.after_denoise(last[:, :2])
+    noise = 0.1 * torch.randn((1, 1, 4, 6, 6), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(noisy.conditioning(1)[:, :1], 0.5 * last[:, 1:2] + 0.5 * anchor + noise,
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, float("nan"), "0.3"])
+def test_motion_anchor_must_be_in_zero_to_one(value):
+    from hallo_rt.engine.chunks import ChunkSettings
+
+    with pytest.raises(ValueError, match=r"motion_anchor must be a number in \[0, 1\)"):
+        ChunkSettings(motion="latent", chunk_latents=2, motion_anchor=value)
 
 
 @pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), "0.3"])

@@ -255,6 +255,21 @@ def test_motion_noise_setting_changes_only_chunks_after_the_first(parts):
         engine.session(_image(), motion_noise=-1.0)
 
 
+def test_motion_anchor_setting_changes_only_chunks_after_the_first(parts):
+    engine = Engine.from_pipeline(*parts, motion="latent", chunk_latents=1, steps=1, idle=False)
+    audio = _speech(0.7, seed=4)
+
+    def frames(**settings):
+        with engine.session(_image(), face_embedding=np.zeros(512), seed=2, **settings) as session:
+            return np.stack([f.image for f in _run(session, audio, pieces=[audio.size])])
+
+    plain, zero, anchored = frames(), frames(motion_anchor=0.0), frames(motion_anchor=0.5)
+    assert np.array_equal(plain, zero)
+    assert np.array_equal(plain[:1], anchored[:1]) and not np.array_equal(plain[1:], anchored[1:])
+    with pytest.raises(ValueError, match="motion_anchor must be a number in"):
+        engine.session(_image(), motion_anchor=1.0)
+
+
 def test_settings_and_inputs_are_checked(parts, tmp_path):
     engine = Engine.from_pipeline(*parts)
     with pytest.raises(TypeError, match="unknown setting.*chunk_size"):

@@ -128,9 +128,10 @@ def test_shipped_folder_round_trips_through_the_engine(tmp_path):
     for name, modules in (("denoiser", {"model": model}), ("vae", {"vae": vae})):
         folder = tmp_path / name
         folder.mkdir()
-        torch.save({"step": 1, "settings": {"steps": 1}, "modules": {k: m.state_dict() for k, m in modules.items()}},
+        settings = {"steps": 1, **({"motion_anchor": 0.4} if name == "denoiser" else {})}
+        torch.save({"step": 1, "settings": settings, "modules": {k: m.state_dict() for k, m in modules.items()}},
                    folder / loop.CHECKPOINT)
-        (folder / loop.SETTINGS).write_text(json.dumps({"settings": {"steps": 1}}))
+        (folder / loop.SETTINGS).write_text(json.dumps({"settings": settings}))
     out = ship(tmp_path / "vae", tmp_path / "denoiser", tmp_path / "shipped", steps=2, extra_stages=[])
     pipeline, extractor = load_pipeline(out)
     for mine, loaded in ((model.dit, pipeline.dit), (model.reference_net.backbone, pipeline.reference_net.backbone),
@@ -142,6 +143,7 @@ def test_shipped_folder_round_trips_through_the_engine(tmp_path):
     chunk, sampler, stream = engine.settings_for()
     assert (sampler.kind, sampler.steps, sampler.cfg_scale) == ("ddim", 2, 1.0)
     assert (chunk.chunk_latents, chunk.motion) == (STREAM_DEFAULTS["chunk_latents"], "latent")
+    assert chunk.motion_anchor == 0.4  # trained with anchored motion latents, so it streams with them
     assert stream.context_frames == STREAM_DEFAULTS["context_frames"]
     assert engine.settings_for(steps=4, chunk_latents=3)[1].steps == 4  # the caller's settings win
     manifest = json.loads((out / "hallo_rt.json").read_text())
@@ -193,7 +195,8 @@ def test_check_samples_a_chunk_as_the_engine_sampler_does():
 
 
 @pytest.mark.slow
-def test_own_motion_replaces_the_true_previous_latent_with_a_drawn_one_and_keeps_its_jitter():
+@pytest.mark.parametrize("anchor", [0.0, 0.4])
+def test_own_motion_replaces_the_true_previous_latent_with_a_drawn_one_and_keeps_its_jitter(anchor):
     from hallo_rt.engine.sampling import Conditioning, SamplerConfig, sample
     from hallo_rt.train.demo import CONTEXT_FRAMES, DIT_DEMO
     from hallo_rt.train.train_denoiser import ChunkExamples, DemoAvatar, OwnMotion
@@ -205,7 +208,7 @@ def test_own_motion_replaces_the_true_previous_latent_with_a_drawn_one_and_keeps
             "first": [torch.randn(C, h, h, generator=g).half() for _ in range(2)],
             "audio": [_speechy(1.6, s) for s in range(2)],
             "mouth": [torch.zeros(8, h, h) for _ in range(2)], "opening": [np.zeros(40, np.float32)] * 2}
-    examples = ChunkExamples(data, motion_jitter=0.5)
+    examples = ChunkExamples(data, motion_jitter=0.5, motion_anchor=anchor)
     sampler = DemoAvatar(0)
     own = OwnMotion(sampler, steps=1, share=1.0)
     rng = np.random.default_rng(4)
@@ -222,7 +225,7 @@ def test_own_motion_replaces_the_true_previous_latent_with_a_drawn_one_and_keeps
             continue
         # redo this row alone: one DDIM step of the 2-latent chunk before the target, on the true latent before it
         motion = torch.zeros(1, 2, C, h, h)
-        motion[0, 0] = data["latents"][c][j - 3].float()
+        motion[0, 0] = (1 - anchor) * data["latents"][c][j - 3].float() + anchor * data["first"][c].float()
         with torch.no_grad():
             features = chunk_features(sampler.audio, [np.pad(data["audio"][c], (0, 16000))], [4 * (j - 2)], 8,
                                       context=CONTEXT_FRAMES)
@@ -230,9 +233,37 @@ def test_own_motion_replaces_the_true_previous_latent_with_a_drawn_one_and_keeps
                                 ref_bank=sampler.reference_net(data["reference"][c].float()[None, None]))
             drawn = sample(sampler.dit, cond, SamplerConfig(kind="ddim", steps=1, cfg_scale=1.0),
                            noise=noise[late.index(b)][None])
-        jitter = before[b, 0] - data["latents"][c][j - 1].float()  # the true latent's jitter is kept
-        torch.testing.assert_close(concat[b, 0], drawn[0, -1] + jitter, rtol=1e-4, atol=1e-4)
+        # the true latent's jitter and the anchor are kept: (1 - a) * (drawn + jitter) + a * first
+        jitter = (before[b, 0] - anchor * data["first"][c].float()) / (1 - anchor) - data["latents"][c][j - 1].float()
+        expected = (1 - anchor) * (drawn[0, -1] + jitter) + anchor * data["first"][c].float()
+        torch.testing.assert_close(concat[b, 0], expected, rtol=1e-4, atol=1e-4)
         assert not concat[b, 1:].any()
+
+
+def test_anchored_examples_blend_later_motion_latents_toward_the_first_chunk_latent():
+    """With --motion-anchor a, a later chunk's motion latent is (1 - a) * (true + jitter) + a * first, drawn
+    from the same numbers as without it; a first chunk's is the first-chunk latent either way."""
+    from hallo_rt.train.demo import DIT_DEMO
+    from hallo_rt.train.train_denoiser import ChunkExamples
+
+    g = torch.Generator().manual_seed(0)
+    C, h = DIT_DEMO.out_channels, DIT_DEMO.latent_height
+    data = {"latents": [torch.randn(8, C, h, h, generator=g).half() for _ in range(3)],
+            "reference": [torch.randn(C, h, h, generator=g).half() for _ in range(3)],
+            "first": [torch.randn(C, h, h, generator=g).half() for _ in range(3)],
+            "audio": [np.zeros(16000 * 2, np.float32)] * 3,
+            "mouth": [torch.zeros(8, h, h) for _ in range(3)], "opening": [np.zeros(48, np.float32)] * 3}
+    for first_share in (0.0, 1.0):
+        plain, anchored = (ChunkExamples(data, motion_jitter=0.5, motion_anchor=a) for a in (0.0, 0.4))
+        x0, concat, *_ = plain.draw(np.random.default_rng(5), 4, torch.Generator().manual_seed(1), first_share)
+        y0, blended, *_ = anchored.draw(np.random.default_rng(5), 4, torch.Generator().manual_seed(1), first_share)
+        assert torch.equal(x0, y0) and plain.picks == anchored.picks
+        firsts = torch.stack([data["first"][c].float() for c, _ in plain.picks])
+        if first_share:
+            assert torch.equal(blended, concat) and torch.equal(blended[:, 0], firsts)
+        else:
+            torch.testing.assert_close(blended[:, 0], 0.6 * concat[:, 0] + 0.4 * firsts, rtol=0, atol=1e-6)
+            assert not blended[:, 1:].any()
 
 
 def test_the_reference_network_learns_in_training_and_keeps_no_graph_in_eval():

@@ -11,7 +11,8 @@ For the denoiser, it also reports each chunk's latent MSE against the clip's own
 flat when teacher-forced; growing chunk after chunk when rolled out means the stream drifts.
 A low `vae` means train the VAE longer; `teacher_forced` far below `vae`, the denoiser does not draw the
 mouth from the audio; `rolled_out` far below `teacher_forced`, its outputs drift from what it was trained on.
-The chunks run the training-side modules with DDIM (`--steps`, no CFG) in the engine's arithmetic.
+The chunks run the training-side modules with DDIM (`--steps`, no CFG) in the engine's arithmetic; each motion
+latent is anchored toward the portrait as the denoiser was trained to stream (`--motion-anchor` overrides).
 Prints a JSON report (also written with `--out FILE`).
 """
 
@@ -27,9 +28,9 @@ import torch
 
 from ..engine.sampling import Conditioning, SamplerConfig, sample
 from .demo import CONTEXT_FRAMES
-from .loop import load_stage_modules
+from .loop import SETTINGS, load_stage_modules
 from .stream_features import chunk_features
-from .train_denoiser import ChunkExamples, DemoAvatar, encode_frames, load_vae
+from .train_denoiser import MASK_RATE, ChunkExamples, DemoAvatar, encode_frames, load_vae
 
 CHUNK = 2
 
@@ -45,6 +46,20 @@ def sample_chunk(model: DemoAvatar, steps: int, motion: torch.Tensor, reference:
     return sample(model.dit, cond, SamplerConfig(kind="ddim", steps=steps, cfg_scale=1.0), generator=generator)[0]
 
 
+def first_chunk_latent(vae, portrait: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(C, h, w): a stream's first conditioning latent frame, as `ChunkedGenerator` encodes it (the portrait
+    with two pixel-dropout copies of itself, posterior sample, scaled); `LatentMotion`'s anchor."""
+    image = portrait[None, :, None]  # (1, 3, 1, H, W)
+    keep = (torch.rand(portrait.shape[-2:], generator=generator) > MASK_RATE).float()
+    latent = vae.encode(torch.cat([image, image * keep, image * keep], dim=2), generator=generator)
+    return latent[0, :, 0] * vae.config.scaling_factor
+
+
+def trained_anchor(folder: Path) -> float:
+    """The motion_anchor a denoiser (or distill round) folder was trained with (0 when none)."""
+    return float(json.loads((Path(folder) / SETTINGS).read_text())["settings"].get("motion_anchor", 0.0))
+
+
 def decode(vae, latents: torch.Tensor) -> np.ndarray:
     """(L, C, h, w) scaled latents -> (4L, H, W, 3) uint8, CHUNK latent frames per decode."""
     s = vae.config.scaling_factor
@@ -55,7 +70,7 @@ def decode(vae, latents: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def check(vae_folder: Path, denoiser_folder: Path | None, steps: int, clips: int, seconds: float,
-          motion_noise: float = 0.0) -> dict:
+          motion_noise: float = 0.0, motion_anchor: float = 0.0) -> dict:
     from ..benchmarks.lipsync import measured_openings, pearson
     from .clip_cache import dataset, reference_portrait
 
@@ -77,16 +92,18 @@ def check(vae_folder: Path, denoiser_folder: Path | None, steps: int, clips: int
         if model is not None:
             portrait = torch.from_numpy(reference_portrait(clip.identity)).permute(2, 0, 1).float() / 127.5 - 1.0
             reference = vae.encode(portrait[None, :, None], sample=False)[0, :, 0] * s
+            anchor = first_chunk_latent(vae, portrait, torch.Generator().manual_seed(c))
             audio = np.pad(clip.audio, (0, 16000))  # the lookahead past the clip's end is silence
             forced, rolled = [latents[:1]], [latents[:1]]
             for j in range(1, len(latents) - CHUNK + 1, CHUNK):
                 features = chunk_features(model.audio, [audio], [4 * j], 4 * CHUNK, context=CONTEXT_FRAMES)
                 g = torch.Generator().manual_seed(10_000 + j)
                 noise = motion_noise * torch.randn(latents[j - 1].shape, generator=g)
-                forced.append(sample_chunk(model, steps, latents[j - 1] + noise, reference, features,
-                                           torch.Generator().manual_seed(j)))
-                rolled.append(sample_chunk(model, steps, rolled[-1][-1] + noise, reference, features,
-                                           torch.Generator().manual_seed(j)))
+                a = motion_anchor  # as LatentMotion carries a latent: anchored, then noised
+                forced.append(sample_chunk(model, steps, (1 - a) * latents[j - 1] + a * anchor + noise, reference,
+                                           features, torch.Generator().manual_seed(j)))
+                rolled.append(sample_chunk(model, steps, (1 - a) * rolled[-1][-1] + a * anchor + noise, reference,
+                                           features, torch.Generator().manual_seed(j)))
             outputs["teacher_forced"], outputs["rolled_out"] = torch.cat(forced), torch.cat(rolled)
             for k in ("teacher_forced", "rolled_out"):  # per chunk: how far the latents are from the clip's own
                 errors[k].append([float((outputs[k][i:i + CHUNK] - latents[i:i + CHUNK]).pow(2).mean())
@@ -98,8 +115,8 @@ def check(vae_folder: Path, denoiser_folder: Path | None, steps: int, clips: int
             measured[k].append(measured_openings(f[:count], clip.identity))
     pooled = np.concatenate(truth)
     report = {"vae": str(vae_folder), "denoiser": str(denoiser_folder) if denoiser_folder else None,
-              "steps": steps, "motion_noise": motion_noise, "clips": clips, "seconds": seconds,
-              "frames": int(pooled.size)}
+              "steps": steps, "motion_noise": motion_noise, "motion_anchor": motion_anchor,
+              "clips": clips, "seconds": seconds, "frames": int(pooled.size)}
     for k, m in measured.items():
         if m:
             report[f"lipsync_r_{k}"] = pearson(np.concatenate(m), pooled)
@@ -118,11 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per clip (default 3)")
     parser.add_argument("--motion-noise", type=float, default=0.0,
                         help="std of the noise added to each chunk's motion latent (default 0)")
+    parser.add_argument("--motion-anchor", type=float, default=None,
+                        help="blend of each motion latent toward the portrait's (ChunkSettings.motion_anchor; "
+                             "default: what the denoiser was trained with)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.clips < 1 or args.seconds < 1:
         parser.error("--steps and --clips must be >= 1 and --seconds >= 1")
-    report = check(args.vae, args.denoiser, args.steps, args.clips, args.seconds, args.motion_noise)
+    anchor = args.motion_anchor
+    if anchor is None:
+        anchor = trained_anchor(args.denoiser) if args.denoiser is not None else 0.0
+    if not 0 <= anchor < 1:
+        parser.error("--motion-anchor must be in [0, 1)")
+    report = check(args.vae, args.denoiser, args.steps, args.clips, args.seconds, args.motion_noise, anchor)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -112,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     data_args = argparse.Namespace(out=args.teacher, clips=args.clips, clip_count=args.clip_count, seed=args.seed)
     data = load_or_encode(data_args, load_vae(args.vae))
-    # the motion latents are noised, and a share of them drawn by a model, as the teacher saw them in training
+    # the motion latents are noised, anchored, and a share of them drawn by a model, as the teacher saw them
     trained = json.loads((args.teacher / SETTINGS).read_text())["settings"]
     jitter = float(trained.get("motion_jitter", MOTION_JITTER))
-    examples = ChunkExamples(data, motion_jitter=jitter)
+    anchor = float(trained.get("motion_anchor", 0.0))
+    examples = ChunkExamples(data, motion_jitter=jitter, motion_anchor=anchor)
     own = own_motion(Path(trained["own_motion"]), trained["own_motion_share"]) if trained.get("own_motion") else None
     base = args.out
     for r, (t_steps, k_steps) in enumerate(args.rounds):
@@ -126,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out = base / f"round_{t_steps}to{k_steps}"
         stage = Stage.open(args, {"stage": "distill", "teacher_steps": t_steps, "student_steps": k_steps,
                                   "round": r, "batch": args.batch, "clip_count": args.clip_count,
-                                  "motion_jitter": jitter, "own_motion": trained.get("own_motion")},
+                                  "motion_jitter": jitter, "own_motion": trained.get("own_motion"),
+                                  **({"motion_anchor": anchor} if anchor else {})},
                            {"model": student}, optimizer, warmup=20)
 
         def step(k: int, student=student, k_steps=k_steps, r=r) -> dict:

@@ -62,7 +62,10 @@ def ship(vae_folder: Path, denoiser_folder: Path, out: Path, steps: int, extra_s
                        vae=vae)
     write_audio_encoder(model.audio, out / "wav2vec2")
     manifest = json.loads((out / "hallo_rt.json").read_text())
-    defaults = {**STREAM_DEFAULTS, "steps": steps, **({"motion_noise": motion_noise} if motion_noise else {})}
+    # a model trained with anchored motion latents must stream with the same blend
+    anchor = float(json.loads((denoiser_folder / SETTINGS).read_text())["settings"].get("motion_anchor", 0.0))
+    defaults = {**STREAM_DEFAULTS, "steps": steps, **({"motion_noise": motion_noise} if motion_noise else {}),
+                **({"motion_anchor": anchor} if anchor else {})}
     manifest.update({
         "stream_defaults": defaults, "face_embedding": "none", "audio_encoder": AUDIO_DEMO.to_dict(),
         "training": {str(p): stage_record(p) for p in [vae_folder, *extra_stages, denoiser_folder]},

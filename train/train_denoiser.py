@@ -147,8 +147,9 @@ def padded(audios: list[np.ndarray], starts: list[int], frames: int) -> list[np.
 class ChunkExamples:
     """Draws a batch of stream chunks (see the module docstring) for a step, from the step's own generator."""
 
-    def __init__(self, data: dict, config=DIT_DEMO, motion_jitter: float = MOTION_JITTER) -> None:
-        self.data, self.config, self.motion_jitter = data, config, motion_jitter
+    def __init__(self, data: dict, config=DIT_DEMO, motion_jitter: float = MOTION_JITTER,
+                 motion_anchor: float = 0.0) -> None:
+        self.data, self.config, self.motion_jitter, self.motion_anchor = data, config, motion_jitter, motion_anchor
         self.text = torch.zeros(1, config.text_len, config.text_dim)
         self.face = torch.zeros(1, config.face_embed_dim)
 
@@ -168,7 +169,8 @@ class ChunkExamples:
                 concat[0] = d["first"][c].float()
             else:
                 jitter = self.motion_jitter * float(rng.random())
-                concat[0] = latents[j - 1] + jitter * torch.randn(latents[j - 1].shape, generator=generator)
+                noise = jitter * torch.randn(latents[j - 1].shape, generator=generator)
+                concat[0] = self.anchored(latents[j - 1] + noise, int(c))
             targets.append(target)
             concats.append(concat)
             refs.append(d["reference"][c].float())
@@ -182,6 +184,12 @@ class ChunkExamples:
         self.openings = torch.stack(openings)  # (B, 4n): the chunk's ground-truth mouth opening per frame
         return (torch.stack(targets), torch.stack(concats), torch.stack(refs)[:, None], audios, starts, n,
                 torch.stack(weights)[:, :, None])
+
+    def anchored(self, motion: torch.Tensor, clip: int) -> torch.Tensor:
+        """A later chunk's motion latent as `LatentMotion` carries it with `ChunkSettings.motion_anchor`:
+        blended toward the clip's first-chunk conditioning latent (the portrait's)."""
+        a = self.motion_anchor
+        return motion if a == 0 else (1.0 - a) * motion + a * self.data["first"][clip].float()
 
 
 class OwnMotion:
@@ -210,7 +218,7 @@ class OwnMotion:
             return 0
         picks = [examples.picks[b] for b in rows]
         motion = torch.zeros(len(rows), chunk, *concat.shape[2:])
-        motion[:, 0] = torch.stack([d["latents"][c][j - chunk - 1].float() for c, j in picks])
+        motion[:, 0] = torch.stack([examples.anchored(d["latents"][c][j - chunk - 1].float(), c) for c, j in picks])
         starts = [4 * (j - chunk) for _, j in picks]
         audios = padded([d["audio"][c] for c, _ in picks], starts, 4 * chunk)
         features = chunk_features(self.sampler.audio, audios, starts, 4 * chunk, context=CONTEXT_FRAMES)
@@ -221,8 +229,8 @@ class OwnMotion:
         drawn = sample(self.sampler.dit, cond, SamplerConfig(kind="ddim", steps=self.steps, cfg_scale=1.0),
                        generator=generator)[:, -1]
         for i, (b, (c, j)) in enumerate(zip(rows, picks)):
-            jitter = concat[b, 0] - d["latents"][c][j - 1].float()
-            concat[b, 0] = drawn[i] + jitter
+            # concat[b, 0] is anchored(true + jitter): keep the jitter, swap the true latent for the drawn one
+            concat[b, 0] = concat[b, 0] + (1.0 - examples.motion_anchor) * (drawn[i] - d["latents"][c][j - 1].float())
         return len(rows)
 
 
@@ -275,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--motion-jitter", type=float, default=MOTION_JITTER,
                         help="noise added to the previous latent frame, std drawn uniformly in [0, this] "
                              f"(default {MOTION_JITTER})")
+    parser.add_argument("--motion-anchor", type=float, default=0.0,
+                        help="blend every later chunk's motion latent this far toward the portrait's first-chunk "
+                             "latent, as ChunkSettings.motion_anchor does at run time; bounds a stream's drift "
+                             "(default 0)")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from a finished denoiser stage's weights (fine-tuning) instead of seeded ones")
     parser.add_argument("--own-motion", type=Path, default=None,
@@ -285,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.motion_jitter < 0:
         parser.error("--motion-jitter must be >= 0")
+    if not 0 <= args.motion_anchor < 1:
+        parser.error("--motion-anchor must be in [0, 1)")
     if not 0 < args.own_motion_share <= 1:
         parser.error("--own-motion-share must be in (0, 1]")
     model = DemoAvatar(args.seed)
@@ -296,10 +310,11 @@ def main(argv: list[str] | None = None) -> int:
                               "mouth_weight": MOUTH_WEIGHT, "opening_weight": OPENING_WEIGHT,
                               "motion_jitter": args.motion_jitter, "init": str(args.init) if args.init else None,
                               **({"own_motion": str(args.own_motion), "own_motion_share": args.own_motion_share}
-                                 if args.own_motion else {})},
+                                 if args.own_motion else {}),
+                              **({"motion_anchor": args.motion_anchor} if args.motion_anchor else {})},
                        {"model": model}, optimizer, warmup=100)
     data = load_or_encode(args, load_vae(args.vae))
-    examples = ChunkExamples(data, motion_jitter=args.motion_jitter)
+    examples = ChunkExamples(data, motion_jitter=args.motion_jitter, motion_anchor=args.motion_anchor)
     table = make_schedule(SamplerConfig(steps=1)).table
     own = own_motion(args.own_motion, args.own_motion_share) if args.own_motion is not None else None
 

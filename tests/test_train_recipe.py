@@ -284,3 +284,87 @@ def test_the_reference_network_learns_in_training_and_keeps_no_graph_in_eval():
     assert grads and any(gr.abs().sum() > 0 for gr in grads)
     model.reference_net.eval()
     assert not model.reference_net(ref).requires_grad
+
+
+def _denoiser_folder(folder, model, settings):
+    folder.mkdir()
+    torch.save({"step": 1, "settings": settings, "modules": {"model": model.state_dict()}}, folder / loop.CHECKPOINT)
+    (folder / loop.SETTINGS).write_text(json.dumps({"settings": settings}))
+    return folder
+
+
+def _fake_clips(folder, count, seconds=1.6, size=128):
+    """clip_cache-format npz files of random frames (what the stages read: frames, reference, audio, boxes)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    frames = int(seconds * 25)
+    for i in range(count):
+        corner = rng.integers(20, 80, (frames, 2))
+        np.savez(folder / f"clip_{i:05d}.npz", frames=rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8),
+                 reference=rng.integers(0, 256, (size, size, 3), dtype=np.uint8), audio=_speechy(seconds, i),
+                 boxes=np.concatenate([corner, corner + 20], axis=1), opening=np.zeros(frames, np.float32))
+    return sorted(folder.glob("clip_*.npz"))
+
+
+@pytest.mark.slow
+def test_denoised_pairs_are_the_models_chunks_on_anchored_true_motion_beside_the_true_frames(tmp_path):
+    from hallo_rt.engine.sampling import Conditioning, SamplerConfig, sample
+    from hallo_rt.train.demo import CONTEXT_FRAMES, DIT_DEMO
+    from hallo_rt.train.denoised_pairs import denoised_pairs
+    from hallo_rt.train.train_denoiser import ChunkExamples, DemoAvatar
+
+    model = DemoAvatar(4).eval()
+    folder = _denoiser_folder(tmp_path / "round", model, {"steps": 1, "student_steps": 1, "motion_anchor": 0.4})
+    files = _fake_clips(tmp_path / "clips", 2)
+    g = torch.Generator().manual_seed(0)
+    C, h = DIT_DEMO.out_channels, DIT_DEMO.latent_height
+    data = {"latents": [torch.randn(10, C, h, h, generator=g).half() for _ in range(2)],
+            "reference": [torch.randn(C, h, h, generator=g).half() for _ in range(2)],
+            "first": [torch.randn(C, h, h, generator=g).half() for _ in range(2)],
+            "audio": [np.load(f)["audio"] for f in files], "scaling_factor": 4.0}
+    pairs = denoised_pairs(folder, data, files, count=5, seed=1, batch=5)
+    assert pairs["latents"].shape == (5, C, 2, h, h) and pairs["frames"].shape == (5, 8, 128, 128, 3)
+    blank = ChunkExamples({"latents": []})
+    noise = torch.randn((5, 2, C, h, h), generator=torch.Generator().manual_seed(1 * 7919 + 23))
+    for b, (c, j) in enumerate(pairs["picks"].tolist()):
+        clip = np.load(files[c])
+        assert np.array_equal(pairs["frames"][b].numpy(), clip["frames"][4 * j:4 * j + 8])
+        assert np.array_equal(pairs["boxes"][b].numpy(), clip["boxes"][4 * j:4 * j + 8])
+        first = data["first"][c].float()
+        concat = torch.zeros(1, 2, C, h, h)
+        concat[0, 0] = first if j == 0 else 0.6 * data["latents"][c][j - 1].float() + 0.4 * first
+        with torch.no_grad():
+            features = chunk_features(model.audio, [np.pad(data["audio"][c], (0, 16000))], [4 * j], 8,
+                                      context=CONTEXT_FRAMES)
+            cond = Conditioning(concat, blank.text, audio=features, face=blank.face,
+                                ref_bank=model.reference_net(data["reference"][c].float()[None, None]))
+            drawn = sample(model.dit, cond, SamplerConfig(kind="ddim", steps=1, cfg_scale=1.0), noise=noise[b][None])
+        expected = (drawn[0] / 4.0).permute(1, 0, 2, 3)
+        torch.testing.assert_close(pairs["latents"][b].float(), expected, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_decoder_fine_tuning_on_denoised_pairs_keeps_the_encoder_and_reuses_its_pairs(tmp_path):
+    from hallo_rt.train.train_denoiser import DemoAvatar
+
+    _vae_stage(tmp_path / "base", "--steps", "1")
+    _fake_clips(tmp_path / "clips", 2)
+    folder = _denoiser_folder(tmp_path / "teacher", DemoAvatar(2), {"steps": 1})
+    options = ["--init", str(tmp_path / "base"), "--decoder-only", "--on-denoiser", str(folder), "--latents",
+               str(tmp_path / "latents"), "--clips", str(tmp_path / "clips"), "--clip-count", "2", "--pairs", "3"]
+    tuned = _vae_stage(tmp_path / "tuned", "--steps", "2", *options)
+    assert (tmp_path / "latents" / "encoded.pt").is_file()  # the clips were encoded where --latents says
+    pairs = torch.load(tmp_path / "tuned" / "denoised_pairs.pt", weights_only=False)
+    assert pairs["pairs"]["latents"].shape[0] == 3
+    assert tuned["settings"]["on_denoiser"] == str(folder) and tuned["settings"]["pairs"] == 3
+    losses = loop.read_losses(tmp_path / "tuned")
+    assert all(math.isfinite(row["pair_l1"]) for row in losses)
+    base = torch.load(tmp_path / "base" / loop.CHECKPOINT, weights_only=False)["modules"]["vae"]
+    encoder = [k for k in base if k.startswith("encoder.")]
+    assert all(torch.equal(base[k], tuned["modules"]["vae"][k]) for k in encoder)
+    # resumed to more steps, the cached pairs are used (drawn again they would be identical, but slow)
+    mtime = (tmp_path / "tuned" / "denoised_pairs.pt").stat().st_mtime_ns
+    _vae_stage(tmp_path / "tuned", "--steps", "3", *options)
+    assert (tmp_path / "tuned" / "denoised_pairs.pt").stat().st_mtime_ns == mtime
+    with pytest.raises(SystemExit):
+        _vae_stage(tmp_path / "bad", "--on-denoiser", str(folder))

@@ -10,6 +10,10 @@ penalty on the means' size, and one that drives the posterior variance to zero. 
 (`--crop S` trains the first 75% of the steps on S x S crops, half of them around the mouth: faster steps,
 but the group norms then see other statistics than whole frames give them). Resumes from `--out`'s
 checkpoint; deterministic.
+
+`--decoder-only --on-denoiser FOLDER` also trains the decoder, step for step, on what the denoiser in FOLDER
+draws for chunks of the training clips, against their true frames (`denoised_pairs.py`): the decoder then
+learns to render the denoiser's outputs, errors included, as clean faces.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..engine.vae import CausalState, CogVideoXVae
 from .dataset import HELDOUT_IDENTITIES, identity_for_index
 from .demo import DATA_SEED, TRAIN_IDENTITIES, VAE_DEMO
 from .faces import MouthState, Pose, mouth_box, random_poses, render
+from .denoised_pairs import load_or_draw, pair_batch
 from .loop import Stage, add_common_args, load_stage_modules, step_rng
 
 SEQUENCE_FRAMES = 8
@@ -110,6 +115,14 @@ def vae_loss(vae: CogVideoXVae, x: torch.Tensor, w: torch.Tensor, decoder_only: 
             "latent_std": mean.detach().std().item()}
 
 
+def pair_loss(vae: CogVideoXVae, latents: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> dict:
+    """The decoder's weighted L1 error on denoised latents against the chunk's true frames (backpropagated)."""
+    y = vae.decoder(latents, CausalState())
+    l1 = ((y - x).abs() * w).sum() / (w.sum() * 3)
+    l1.backward()
+    return {"pair_l1": l1.item()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hallo_rt.train.train_vae", description=__doc__.split("\n\n")[0])
     add_common_args(parser, steps=2500, lr=1.5e-3)
@@ -122,7 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoder-only", action="store_true",
                         help="train the decoder alone (with --init): the encoder, so the latents a denoiser was "
                              "trained on, stay exactly as they are")
+    parser.add_argument("--on-denoiser", type=Path, default=None,
+                        help="with --decoder-only: also train on what this denoiser stage or distill round draws "
+                             "(see denoised_pairs.py)")
+    parser.add_argument("--latents", type=Path, default=Path("runs/denoiser"),
+                        help="the denoiser stage folder whose encoded.pt holds the training clips' latents "
+                             "(encoded there if missing; default runs/denoiser)")
+    parser.add_argument("--clips", type=Path, default=Path("runs/clips"), help="the clip_cache folder")
+    parser.add_argument("--clip-count", type=int, default=320, help="training clips used (default 320)")
+    parser.add_argument("--pairs", type=int, default=800, help="denoised chunks drawn once (default 800)")
     args = parser.parse_args(argv)
+    if args.on_denoiser is not None and not args.decoder_only:
+        parser.error("--on-denoiser needs --decoder-only (the encoder, so the denoiser's latents, must stay)")
+    if args.pairs < 1:
+        parser.error("--pairs must be >= 1")
     if args.decoder_only and args.init is None:
         parser.error("--decoder-only needs --init (a trained encoder to keep)")
     if args.mouth_weight < 1:
@@ -143,16 +169,22 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"init": str(args.init), "decoder_only": args.decoder_only}
     if args.mouth_weight != MOUTH_WEIGHT:
         extra["mouth_weight"] = args.mouth_weight
+    if args.on_denoiser is not None:
+        extra.update(on_denoiser=str(args.on_denoiser), pairs=args.pairs, clip_count=args.clip_count)
     stage = Stage.open(args, {"stage": "vae", "vae": architecture, "pool": args.pool, "crop": args.crop,
                               "data_seed": DATA_SEED, **extra}, {"vae": vae}, optimizer)
     pool, boxes = build_pool(DATA_SEED, args.pool)
+    pairs = load_or_draw(args, vae) if args.on_denoiser is not None else None
     crop_steps = int(0.75 * args.steps) if args.crop else 0
 
     def step(k: int) -> dict:
         rng = step_rng(args.seed, k)
         crop = args.crop if k < crop_steps else None
         x, w = make_batch(pool, boxes, rng, 4 if crop else 2, crop, args.mouth_weight)
-        return vae_loss(vae, x, w, args.decoder_only)
+        out = vae_loss(vae, x, w, args.decoder_only)
+        if pairs is not None:  # gradients add up: the reconstruction loss plus the denoised pairs' loss
+            out.update(pair_loss(vae, *pair_batch(pairs, rng, 2, args.mouth_weight)))
+        return out
 
     losses = stage.run(step, "VAE")
     stage.finish({"final": losses[-1] if losses else None})

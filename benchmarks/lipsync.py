@@ -13,7 +13,9 @@ and its speech, and the frames are read back:
   * identity: PSNR and SSIM of the generated frames against the ground-truth frames outside the mouth region
     (the ground truth sways its head and blinks on its own schedule, so these are lower bounds);
   * seams: the mean absolute frame-to-frame difference at chunk boundaries over the one inside chunks (1 = no
-    seam), with the ground truth's ratio at the same positions for comparison.
+    seam), with the ground truth's ratio at the same positions for comparison;
+  * drift, second by second: the identity PSNR, and the detail ratio (the generated frames' mean absolute
+    Laplacian over the ground truth's: a stream that drifts into blocks climbs, a blurred one sits below 1).
 Variants: the shipped model streaming (a `Session`, as `hallo-rt stream` runs it) and offline (whole-file
 features, as `hallo-rt generate` runs it), each backend, each chunk length, and other models (`--compare`:
 the teacher, other students). Output: lipsync.json and lipsync.png (mouth opening vs audio loudness over
@@ -148,6 +150,24 @@ def identity_metrics(generated: np.ndarray, truth: np.ndarray, mask: np.ndarray)
             "ssim": float(ssim_map(generated, truth)[mask].mean())}
 
 
+def laplacian_energy(frames: np.ndarray) -> np.ndarray:
+    """(T,) mean absolute 4-neighbour Laplacian of each frame's luma: the fine detail, blocks' edges included."""
+    x = _luma(frames).numpy()
+    lap = 4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:]
+    return np.abs(lap).mean(axis=(1, 2))
+
+
+def by_second(generated: np.ndarray, truth: np.ndarray, mask: np.ndarray, fps: int = 25) -> dict:
+    """Per whole second of video: identity PSNR outside the mouth, and the detail ratio (generated / truth)."""
+    psnr, detail = [], []
+    for s in range(0, generated.shape[0] // fps * fps, fps):
+        part = slice(s, s + fps)
+        psnr.append(identity_metrics(generated[part], truth[part], mask[part])["psnr_db"])
+        detail.append(float(laplacian_energy(generated[part]).mean() / max(laplacian_energy(truth[part]).mean(),
+                                                                              1e-6)))
+    return {"psnr_db": psnr, "detail_ratio": detail}
+
+
 def chunk_starts(frames: int, chunk_latents: int) -> list[int]:
     """Indices of the first frame of every chunk after the first (LatentMotion's frame counts)."""
     from hallo_rt.engine.chunks import latent_chunk_frames
@@ -180,7 +200,7 @@ def evaluate(variant: Variant, clips, portraits, cache: dict, keep_series: bool 
     engine = _engine(variant, cache)
     chunk, sampler, _ = engine.settings_for()
     generate = stream_frames if variant.mode == "stream" else offline_frames
-    measured, truth, shuffled, per_clip, idents, seams, gt_seams = [], [], [], [], [], [], []
+    measured, truth, shuffled, per_clip, idents, seams, gt_seams, drift = [], [], [], [], [], [], [], []
     started = time.perf_counter()
     series = None
     for k, (clip, portrait) in enumerate(zip(clips, portraits)):
@@ -193,6 +213,7 @@ def evaluate(variant: Variant, clips, portraits, cache: dict, keep_series: bool 
         per_clip.append(pearson(opening, clip.opening))
         mask = outside_mouth_mask(clip.identity, clip.poses, frames.shape[1])
         idents.append(identity_metrics(frames, clip.frames, mask))
+        drift.append(by_second(frames, clip.frames, mask))
         starts = chunk_starts(T, chunk.chunk_latents)
         seams.append(seam_ratio(frames, starts))
         gt_seams.append(seam_ratio(clip.frames, starts))
@@ -215,6 +236,9 @@ def evaluate(variant: Variant, clips, portraits, cache: dict, keep_series: bool 
         "psnr_outside_mouth_db": float(np.mean([i["psnr_db"] for i in idents])),
         "ssim_outside_mouth": float(np.mean([i["ssim"] for i in idents])),
         "seam_ratio": _mean(seams), "seam_ratio_ground_truth": _mean(gt_seams),
+        # drift: the clips' mean per second (clips share one length)
+        "psnr_outside_mouth_by_second_db": np.mean([d["psnr_db"] for d in drift], axis=0).round(2).tolist(),
+        "detail_ratio_by_second": np.mean([d["detail_ratio"] for d in drift], axis=0).round(3).tolist(),
         "wall_s": round(seconds, 2), "video_s": round(pooled_t.size / 25, 2),
     }
     if series is not None:
@@ -304,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         r = results[-1]
         print(f"    lip-sync r {r['lipsync_r']:.3f} (shuffled audio {r['lipsync_r_shuffled_audio']:.3f}), PSNR "
               f"{r['psnr_outside_mouth_db']:.1f} dB, SSIM {r['ssim_outside_mouth']:.3f}, seams "
-              f"{r['seam_ratio']:.2f} (ground truth {r['seam_ratio_ground_truth']:.2f}), {r['wall_s']} s",
+              f"{r['seam_ratio']:.2f} (ground truth {r['seam_ratio_ground_truth']:.2f}), {r['wall_s']} s; by "
+              f"second PSNR {r['psnr_outside_mouth_by_second_db']}, detail {r['detail_ratio_by_second']}",
               file=sys.stderr, flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     series = results[0].pop("series")

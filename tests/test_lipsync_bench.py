@@ -66,6 +66,29 @@ def test_example_avatar_is_the_documented_held_out_person():
                                   reference_portrait(identity_for_index(DATA_SEED, 1)))
 
 
+def test_drift_by_second_sees_blocks_grow_and_identity_fall():
+    """A video that turns to 8-pixel blocks over 3 s: the detail ratio climbs above 1 and the PSNR falls,
+    second by second; the truth against itself stays at a ratio of 1."""
+    from hallo_rt.benchmarks.lipsync import by_second, laplacian_energy
+
+    rng = np.random.default_rng(1)
+    y = np.linspace(0, 1, 64)
+    smooth = (np.outer(y, y) * 200 + 20)[None, :, :, None].repeat(75, 0).repeat(3, 3)  # (75, 64, 64, 3)
+    truth = smooth.astype(np.uint8)
+    blocks = rng.normal(0, 1, (75, 8, 8)).repeat(8, 1).repeat(8, 2)[..., None]  # 8 x 8 blocks of noise
+    grow = np.repeat([0.0, 10.0, 30.0], 25)[:, None, None, None]
+    drifting = np.clip(smooth + grow * blocks, 0, 255).astype(np.uint8)
+    mask = np.ones(truth.shape[:3], bool)
+    report = by_second(drifting, truth, mask)
+    assert len(report["psnr_db"]) == len(report["detail_ratio"]) == 3
+    assert report["psnr_db"][0] > report["psnr_db"][1] > report["psnr_db"][2]
+    assert report["detail_ratio"][0] == pytest.approx(1.0)
+    assert 1.0 < report["detail_ratio"][1] < report["detail_ratio"][2]
+    assert by_second(truth, truth, mask)["detail_ratio"] == pytest.approx([1.0, 1.0, 1.0])
+    assert by_second(truth[:24], truth[:24], mask[:24]) == {"psnr_db": [], "detail_ratio": []}  # no whole second
+    assert laplacian_energy(np.full((1, 8, 8, 3), 90, np.uint8))[0] == 0
+
+
 def test_a_failing_variant_is_recorded_and_the_others_kept(tmp_path, monkeypatch):
     """One backend failing must not lose the other variants' results; the command then exits 1."""
     import json
@@ -77,7 +100,8 @@ def test_a_failing_variant_is_recorded_and_the_others_kept(tmp_path, monkeypatch
             raise RuntimeError("no onnxruntime here")
         result = {"label": variant.label, "lipsync_r": 0.8, "lipsync_r_shuffled_audio": 0.0,
                   "psnr_outside_mouth_db": 30.0, "ssim_outside_mouth": 0.9, "seam_ratio": 1.0,
-                  "seam_ratio_ground_truth": 1.0, "wall_s": 1.0}
+                  "seam_ratio_ground_truth": 1.0, "wall_s": 1.0, "psnr_outside_mouth_by_second_db": [30.0],
+                  "detail_ratio_by_second": [1.0]}
         if keep_series:
             result["series"] = {"measured": [0.0], "truth": [0.0], "loudness_db": [-60.0], "sentence": "x"}
         return result

@@ -66,6 +66,20 @@ def test_example_avatar_is_the_documented_held_out_person():
                                   reference_portrait(identity_for_index(DATA_SEED, 1)))
 
 
+def test_speech_frame_r_ignores_the_silence_speech_shape():
+    """A mouth that opens a fixed amount whenever there is speech scores high pooled, but zero on speech frames;
+    one that follows the syllables scores on both."""
+    from hallo_rt.benchmarks.lipsync import speech_frames_r
+
+    rng = np.random.default_rng(0)
+    truth = np.concatenate([np.zeros(50), rng.uniform(0.1, 1.0, 100), np.zeros(50)])
+    gate = (truth > 0) * 0.5 + rng.normal(0, 1e-3, truth.size)  # open while speaking, syllables ignored
+    assert pearson(gate, truth) > 0.7 and abs(speech_frames_r(gate, truth)) < 0.2
+    follows = truth + rng.normal(0, 0.05, truth.size)
+    assert speech_frames_r(follows, truth) > 0.9
+    assert speech_frames_r(np.zeros(4), np.zeros(4)) is None
+
+
 def test_drift_by_second_sees_blocks_grow_and_identity_fall():
     """A video that turns to 8-pixel blocks over 3 s: the detail ratio climbs above 1 and the PSNR falls,
     second by second; the truth against itself stays at a ratio of 1."""

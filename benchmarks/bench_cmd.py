@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from hallo_rt.engine.models import DEFAULT_MODEL
+
 DEFAULT_OUT = "bench-results"
 
 
@@ -21,7 +23,8 @@ def add_bench_command(sub) -> None:
     from .stream_bench import BENCH_BACKENDS
 
     p = sub.add_parser("bench", help="latency benchmark: a streaming session measured end to end")
-    p.add_argument("--model", default="tiny", help="preset name, checkpoint path or model folder (default: tiny)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"demo, a preset name, a checkpoint path or a model folder (default: {DEFAULT_MODEL})")
     p.add_argument("--backend", default="torch", choices=[*BENCH_BACKENDS, "all"],
                    help="all: every backend available here, one after the other (default: torch)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")

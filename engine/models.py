@@ -1,9 +1,8 @@
 """Named models: the shipped demo avatar, and the settings a model folder asks to be run with.
 
 `demo` is the avatar trained here on synthetic talking faces (`hallo_rt.train`, issue 9): a hallo-rt folder
-inside the package (`engine/weights/demo/`, written by `python -m hallo_rt.train.ship`). Its weights are
-shipped, but until its faces stop drifting over a stream (train/README.md, "Results") the embedded default
-stays `tiny`. A model folder's
+inside the package (`engine/weights/demo/`, written by `python -m hallo_rt.train.ship`), and the embedded
+default (`DEFAULT_MODEL`) of `Engine`, `generate`, `stream`, `bench` and `export`. A model folder's
 `hallo_rt.json` may carry the settings it was trained and distilled for (`stream_defaults`: sampler, steps,
 chunk length, motion, audio context) and `face_embedding: "none"` (trained without face embeddings, so
 their absence is not a loss); `Engine`, `generate`, `stream` and `bench` apply them under the caller's.
@@ -19,6 +18,9 @@ DEMO = "demo"
 DEMO_FOLDER = Path(__file__).parent / "weights" / "demo"
 
 ALIASES = {DEMO: DEMO_FOLDER}
+
+DEFAULT_MODEL = DEMO
+"""What runs when no model is named: the trained demo avatar (the `tiny` preset's weights are random)."""
 
 
 def resolve_model(model: str | Path) -> str | Path:

@@ -1,6 +1,6 @@
 """The SDK: `hallo_rt.Engine` loads a model once; `engine.session(image)` opens a stream.
 
-    engine = hallo_rt.Engine(model="tiny", backend="torch", device="cpu")
+    engine = hallo_rt.Engine(model="demo", backend="torch", device="cpu")
     session = engine.session("portrait.jpg", seed=0)
     session.push_audio(pcm, 16000)          # any number of times, any rate, int16 or float32
     session.end_audio()
@@ -44,7 +44,7 @@ class Engine:
     audio_rate = AUDIO_RATE
     fps = VIDEO_FPS
 
-    def __init__(self, model: str | os.PathLike = "tiny", backend: str = "torch", device: str = "cpu", *,
+    def __init__(self, model: str | os.PathLike = "demo", backend: str = "torch", device: str = "cpu", *,
                  dtype: str = "fp32", kernels: str = "none", artifacts: str | os.PathLike | None = None,
                  vae: str | os.PathLike | None = None, audio_encoder: str | os.PathLike | None = None,
                  backend_options: dict | None = None, **settings: Any) -> None:

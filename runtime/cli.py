@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from hallo_rt.engine.models import DEFAULT_MODEL
+
 
 def _device(name: str) -> torch.device:
     from .devices import resolve_device
@@ -27,9 +29,9 @@ def _device(name: str) -> torch.device:
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny",
-                        help="preset name (tiny, hallo3), a checkpoint path or model folder, or demo once its "
-                             "weights are built (default: tiny)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="demo (the trained avatar), a preset name (tiny, hallo3: random weights), a "
+                             f"checkpoint path or a model folder (default: {DEFAULT_MODEL})")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--kernels", default="none", choices=["none", "triton", "reference"],

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from hallo_rt.engine.models import DEFAULT_MODEL
+
 
 def model_sources(pipeline, extractor, model: str) -> dict:
     """What the exported files were cut from: config hashes and weights digests (artifact cache keys)."""
@@ -75,7 +77,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 def add_export_command(sub) -> None:
     p = sub.add_parser("export", help="export every graph to ONNX with a manifest (for onnxruntime/tensorrt)")
-    p.add_argument("--model", default="tiny", help="preset name or checkpoint path (default: tiny)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"demo, a preset name, a checkpoint path or a model folder (default: {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, help="output directory (<graph>.onnx files + manifest.json)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="precision fixed inside the graphs (ONNX Runtime CPU cannot run bf16)")

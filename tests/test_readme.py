@@ -1,4 +1,4 @@
-"""The README's SDK example runs as written (from the repository root, on the tiny model)."""
+"""The README's SDK example runs as written (from the repository root, on the embedded default: the demo)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,10 @@ from hallo_rt.runtime.media import probe
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def _run(argv: list[str]) -> tuple[int, str, str]:
+def _run(argv: list[str], default_model: bool = False) -> tuple[int, str, str]:
+    """`hallo-rt ARGV` here; a stream without --model runs the `tiny` preset unless `default_model`."""
+    if argv[:1] == ["stream"] and "--model" not in argv and not default_model:
+        argv = [*argv, "--model", "tiny"]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
@@ -52,6 +55,22 @@ def test_stream_file_to_mp4(tmp_path):
     assert info.frames == frames and info.fps == 25 and (info.width, info.height) == (128, 128)
     assert info.audio_codec == "aac" and abs(info.audio_duration - frames / 25) < 0.07
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_stream_runs_the_embedded_default_with_its_own_settings(tmp_path):
+    """No --model: the demo avatar, streamed with what it was distilled for (2 DDIM steps, 2-latent chunks)."""
+    audio = _wav(tmp_path / "speech.wav", 0.7)
+    out = tmp_path / "live.mp4"
+    code, stdout, stderr = _run(["stream", "--image", str(EXAMPLES / "avatar.png"), "--audio", str(audio),
+                                 "--out", str(out), "--json"], default_model=True)
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["frames"] == math.ceil(0.7 * 25) == probe(out).frames
+    assert summary["model"] == "demo"
+    defaults = summary["defaults"]
+    assert (defaults["sampler"], defaults["steps"], defaults["chunk_latents"], defaults["motion"]) == \
+        ("ddim", 2, 2, "latent")
+    assert defaults["motion_anchor"] == 0.4  # as it was trained
 
 
 @pytest.mark.parametrize("argv, message", [

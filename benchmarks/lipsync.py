@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     series = results[0].pop("series")
     given = argv if argv is not None else sys.argv[1:]
-    report = {"command": "python -m hallo_rt.benchmarks.lipsync " + " ".join(given),
+    report = {"command": "python -m hallo_rt.benchmarks.lipsync " + shlex.join(given),
               "machine": machine(), "versions": versions(), "clips": args.clips, "seconds_per_clip": args.seconds,
               "target": {"lipsync_r_streaming_distilled": 0.7}, "results": results, "failed": failed,
               "plotted": series}

@@ -8,7 +8,8 @@ as `engine.chunks.LatentMotion` conditions it at run time:
   * the chunk's target latents: 2 latent frames most of the time (the runtime's chunk), else 1 or 3;
   * the conditioning latent: for a stream's first chunk, the reference portrait encoded with two
     pixel-dropout copies of itself (`ChunkedGenerator.conditioning_latent`); later, the previous latent
-    frame (jittered with a little noise, so the model tolerates its own imperfect outputs) then zeros;
+    frame (jittered with a little noise, so the model tolerates its own imperfect outputs; with --motion-anchor
+    blended toward the first-chunk latent, as `ChunkSettings.motion_anchor` does at run time) then zeros;
   * the reference bank of the portrait's latent, through the reference network;
   * the chunk's audio features computed as the streaming runtime computes them (`stream_features`), through
     the audio encoder trained here from scratch; zero face and text inputs (the demo has neither).

@@ -239,7 +239,11 @@ def test_async_frames(parts):
     assert [f.index for f in frames] == list(range(13))
 
 
-def test_motion_noise_setting_changes_only_chunks_after_the_first(parts):
+@pytest.mark.parametrize("name, value, bad, message", [
+    ("motion_noise", 0.3, -1.0, "motion_noise must be a finite number >= 0"),
+    ("motion_anchor", 0.5, 1.0, r"motion_anchor must be a number in \[0, 1\)"),
+])
+def test_motion_latent_settings_change_only_chunks_after_the_first(parts, name, value, bad, message):
     engine = Engine.from_pipeline(*parts, motion="latent", chunk_latents=1, steps=1, idle=False)
     audio = _speech(0.7, seed=4)
 
@@ -247,27 +251,12 @@ def test_motion_noise_setting_changes_only_chunks_after_the_first(parts):
         with engine.session(_image(), face_embedding=np.zeros(512), seed=2, **settings) as session:
             return np.stack([f.image for f in _run(session, audio, pieces=[audio.size])])
 
-    plain, zero, noisy, again = frames(), frames(motion_noise=0.0), frames(motion_noise=0.3), frames(motion_noise=0.3)
-    assert np.array_equal(plain, zero) and np.array_equal(noisy, again)
-    assert np.array_equal(plain[:1], noisy[:1])  # chunk 0 (one frame) is conditioned on the portrait
-    assert not np.array_equal(plain[1:], noisy[1:])
-    with pytest.raises(ValueError, match="motion_noise must be a finite number >= 0"):
-        engine.session(_image(), motion_noise=-1.0)
-
-
-def test_motion_anchor_setting_changes_only_chunks_after_the_first(parts):
-    engine = Engine.from_pipeline(*parts, motion="latent", chunk_latents=1, steps=1, idle=False)
-    audio = _speech(0.7, seed=4)
-
-    def frames(**settings):
-        with engine.session(_image(), face_embedding=np.zeros(512), seed=2, **settings) as session:
-            return np.stack([f.image for f in _run(session, audio, pieces=[audio.size])])
-
-    plain, zero, anchored = frames(), frames(motion_anchor=0.0), frames(motion_anchor=0.5)
-    assert np.array_equal(plain, zero)
-    assert np.array_equal(plain[:1], anchored[:1]) and not np.array_equal(plain[1:], anchored[1:])
-    with pytest.raises(ValueError, match="motion_anchor must be a number in"):
-        engine.session(_image(), motion_anchor=1.0)
+    plain, zero, changed, again = frames(), frames(**{name: 0.0}), frames(**{name: value}), frames(**{name: value})
+    assert np.array_equal(plain, zero) and np.array_equal(changed, again)
+    assert np.array_equal(plain[:1], changed[:1])  # chunk 0 (one frame) is conditioned on the portrait
+    assert not np.array_equal(plain[1:], changed[1:])
+    with pytest.raises(ValueError, match=message):
+        engine.session(_image(), **{name: bad})
 
 
 def test_settings_and_inputs_are_checked(parts, tmp_path):

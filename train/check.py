@@ -28,9 +28,9 @@ import torch
 
 from ..engine.sampling import Conditioning, SamplerConfig, sample
 from .demo import CONTEXT_FRAMES
-from .loop import SETTINGS, load_stage_modules
+from .loop import load_stage_modules, stage_settings
 from .stream_features import chunk_features
-from .train_denoiser import MASK_RATE, ChunkExamples, DemoAvatar, encode_frames, load_vae
+from .train_denoiser import ChunkExamples, DemoAvatar, encode_frames, first_chunk_latent, load_vae
 
 CHUNK = 2
 
@@ -46,18 +46,9 @@ def sample_chunk(model: DemoAvatar, steps: int, motion: torch.Tensor, reference:
     return sample(model.dit, cond, SamplerConfig(kind="ddim", steps=steps, cfg_scale=1.0), generator=generator)[0]
 
 
-def first_chunk_latent(vae, portrait: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(C, h, w): a stream's first conditioning latent frame, as `ChunkedGenerator` encodes it (the portrait
-    with two pixel-dropout copies of itself, posterior sample, scaled); `LatentMotion`'s anchor."""
-    image = portrait[None, :, None]  # (1, 3, 1, H, W)
-    keep = (torch.rand(portrait.shape[-2:], generator=generator) > MASK_RATE).float()
-    latent = vae.encode(torch.cat([image, image * keep, image * keep], dim=2), generator=generator)
-    return latent[0, :, 0] * vae.config.scaling_factor
-
-
 def trained_anchor(folder: Path) -> float:
     """The motion_anchor a denoiser (or distill round) folder was trained with (0 when none)."""
-    return float(json.loads((Path(folder) / SETTINGS).read_text())["settings"].get("motion_anchor", 0.0))
+    return float(stage_settings(folder).get("motion_anchor", 0.0))
 
 
 def decode(vae, latents: torch.Tensor) -> np.ndarray:

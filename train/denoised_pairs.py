@@ -17,7 +17,6 @@ makes of them differs. Deterministic given the seed.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .demo import CHUNK_LATENTS, CONTEXT_FRAMES
-from .loop import SETTINGS, load_stage_modules
+from .loop import load_stage_modules, stage_settings
 from .stream_features import chunk_features
 
 
@@ -35,7 +34,7 @@ def drawing_model(folder: Path):
 
     model = DemoAvatar()
     model.load_state_dict(load_stage_modules(folder, "denoiser")["model"])
-    settings = json.loads((Path(folder) / SETTINGS).read_text())["settings"]
+    settings = stage_settings(folder)
     steps = int(settings.get("student_steps", 8))
     return model.eval().requires_grad_(False), steps, float(settings.get("motion_anchor", 0.0))
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import sys
 from pathlib import Path
@@ -27,7 +26,8 @@ import torch
 
 from ..engine.sampling import SamplerConfig, ddim_step, make_schedule
 from .demo import CONTEXT_FRAMES
-from .loop import SETTINGS, Stage, TrainingError, add_common_args, load_stage_modules, step_generator, step_rng
+from .loop import (Stage, TrainingError, add_common_args, load_stage_modules, stage_settings, step_generator,
+                   step_rng)
 from .stream_features import chunk_features
 from .train_denoiser import (MOTION_JITTER, ChunkExamples, DemoAvatar, OwnMotion, load_or_encode, load_vae,
                              own_motion, predict_v)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     data_args = argparse.Namespace(out=args.teacher, clips=args.clips, clip_count=args.clip_count, seed=args.seed)
     data = load_or_encode(data_args, load_vae(args.vae))
     # the motion latents are noised, anchored, and a share of them drawn by a model, as the teacher saw them
-    trained = json.loads((args.teacher / SETTINGS).read_text())["settings"]
+    trained = stage_settings(args.teacher)
     jitter = float(trained.get("motion_jitter", MOTION_JITTER))
     anchor = float(trained.get("motion_anchor", 0.0))
     examples = ChunkExamples(data, motion_jitter=jitter, motion_anchor=anchor)

@@ -174,6 +174,11 @@ def read_losses(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+def stage_settings(folder: Path) -> dict:
+    """The settings a stage folder was run with (its stage.json)."""
+    return json.loads((Path(folder) / SETTINGS).read_text())["settings"]
+
+
 def load_stage_modules(folder: Path, what: str) -> dict[str, dict]:
     """The module state dicts of a finished stage's checkpoint; TrainingError naming the command otherwise."""
     checkpoint = Path(folder) / CHECKPOINT

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from ..engine.weights import save_engine_format
 from .demo import AUDIO_DEMO, STREAM_DEFAULTS
-from .loop import SETTINGS, load_stage_modules, read_losses
+from .loop import SETTINGS, load_stage_modules, read_losses, stage_settings
 from .train_denoiser import DemoAvatar, load_vae
 
 
@@ -63,7 +63,7 @@ def ship(vae_folder: Path, denoiser_folder: Path, out: Path, steps: int, extra_s
     write_audio_encoder(model.audio, out / "wav2vec2")
     manifest = json.loads((out / "hallo_rt.json").read_text())
     # a model trained with anchored motion latents must stream with the same blend
-    anchor = float(json.loads((denoiser_folder / SETTINGS).read_text())["settings"].get("motion_anchor", 0.0))
+    anchor = float(stage_settings(denoiser_folder).get("motion_anchor", 0.0))
     defaults = {**STREAM_DEFAULTS, "steps": steps, **({"motion_noise": motion_noise} if motion_noise else {}),
                 **({"motion_anchor": anchor} if anchor else {})}
     manifest.update({

@@ -22,7 +22,6 @@ it is not shipped). Resumes from `--out`'s checkpoint; deterministic given `--se
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -38,7 +37,8 @@ from ..engine.vae import CogVideoXVae
 from ..engine.wav2vec2 import Wav2Vec2Model
 from ..engine.weights.common import seeded_init_
 from .demo import AUDIO_DEMO, CHUNK_LATENTS, CONTEXT_FRAMES, DIT_DEMO, VAE_DEMO
-from .loop import SETTINGS, Stage, TrainingError, add_common_args, load_stage_modules, step_generator, step_rng
+from .loop import (Stage, TrainingError, add_common_args, load_stage_modules, stage_settings, step_generator,
+                   step_rng)
 from .stream_features import chunk_features, needed_samples
 
 MOUTH_WEIGHT = 12.0
@@ -92,6 +92,16 @@ def encode_frames(vae: CogVideoXVae, frames: np.ndarray) -> torch.Tensor:
     return latents.permute(0, 2, 1, 3, 4).flatten(0, 1) * vae.config.scaling_factor
 
 
+def first_chunk_latent(vae: CogVideoXVae, portrait: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(C, h, w): a stream's first conditioning latent frame as `ChunkedGenerator` encodes it, from a portrait
+    (3, H, W) in [-1, 1]: the portrait and two pixel-dropout copies of it, a posterior sample, scaled. It is
+    also what `LatentMotion` anchors the carried latents toward."""
+    image = portrait[None, :, None]  # (1, 3, 1, H, W)
+    keep = (torch.rand(portrait.shape[-2:], generator=generator) > MASK_RATE).float()
+    latent = vae.encode(torch.cat([image, image * keep, image * keep], dim=2), generator=generator)
+    return latent[0, :, 0] * vae.config.scaling_factor
+
+
 @torch.no_grad()
 def encode_clips(vae: CogVideoXVae, clip_files: list[Path], seed: int) -> dict:
     """Latents of every clip (8 frames at a time, posterior means, scaled), its portrait's reference latent
@@ -104,11 +114,10 @@ def encode_clips(vae: CogVideoXVae, clip_files: list[Path], seed: int) -> dict:
         g = torch.Generator().manual_seed(seed * 100003 + i)
         portrait = torch.from_numpy(data["reference"]).permute(2, 0, 1).float()[None, :, None] / 127.5 - 1.0
         reference = vae.encode(portrait, generator=g) * s  # (1, C, 1, h, w)
-        keep = (torch.rand(portrait.shape[-2:], generator=g) > MASK_RATE).float()
-        first = vae.encode(torch.cat([portrait, portrait * keep, portrait * keep], dim=2), generator=g) * s
+        first = first_chunk_latent(vae, portrait[0, :, 0], g)  # the same generator, after the reference
         out["latents"].append(latents)
         out["reference"].append(reference[0, :, 0].half())
-        out["first"].append(first[0, :, 0].half())
+        out["first"].append(first.half())
         out["audio"].append(data["audio"])
         out["mouth"].append(torch.from_numpy(mouth_cells(data["boxes"], latents.shape[-1],
                                                           vae.config.spatial_compression)))
@@ -239,7 +248,7 @@ def own_motion(folder: Path, share: float) -> OwnMotion:
     """OwnMotion drawing with the distilled student in `folder` (a distill round), at its step count."""
     sampler = DemoAvatar()
     sampler.load_state_dict(load_stage_modules(folder, "distilled")["model"])
-    settings = json.loads((Path(folder) / SETTINGS).read_text())["settings"]
+    settings = stage_settings(folder)
     return OwnMotion(sampler, int(settings["student_steps"]), share)
 
 
